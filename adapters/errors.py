@@ -1,0 +1,17 @@
+"""Error types of the adapter library: one per failure family, messages a user can act on."""
+
+
+class AdapterConfigError(ValueError):
+    """An adapter or training configuration is invalid (bad method, rank, share mode, ...)."""
+
+
+class AdapterFileError(ValueError):
+    """An adapter file is unreadable, malformed, tampered with or inconsistent with its config."""
+
+
+class BackboneMismatchError(AdapterFileError):
+    """An adapter file was trained on a different backbone than the one it is loaded against."""
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built or its checkpoint cannot be loaded."""

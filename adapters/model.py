@@ -1,0 +1,122 @@
+"""A frozen timm ViT with one task's adapter and classification head: the trainable unit.
+
+Tensors exported for the adapter file are the merged, deployable ones, named
+`blocks.{i}.{norm,down,up}.{weight,bias}` (bottleneck), `blocks.{i}.qkv.lora_{a,b}` (LoRA) and
+`head.{weight,bias}`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from .backbone import freeze
+from .bottleneck import BottleneckAdapter
+from .config import AdapterConfig
+from .experts import ExpertSplit
+from .lora import LoRADelta
+from .mosa import MoSAAdapter
+from .taps import DeltaTap, parallel_mlp_tap, qkv_tap
+
+
+def _mask_generator(mask_seed: int, block: int) -> torch.Generator:
+    # One stream per block, so a block's masks do not depend on which other blocks are adapted.
+    return torch.Generator().manual_seed(mask_seed * 100_003 + block)
+
+
+class AdaptedViT(nn.Module):
+    """backbone (frozen) + per-block adapters + head. `merged=True` builds MoSA as its merged form."""
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        config: AdapterConfig,
+        num_classes: int,
+        seed: int = 0,
+        merged: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.backbone = freeze(backbone)
+        self.config = config
+        self.blocks = config.resolve_blocks(len(backbone.blocks))
+        self.adapters = nn.ModuleDict()
+        self._taps: list[DeltaTap] = []
+        draw_rng = random.Random(seed)
+        for index in self.blocks:
+            self.adapters[str(index)] = self._build_adapter(index, merged, draw_rng)
+            self._taps.append(self._tap(index))
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def _build_adapter(self, index: int, merged: bool, draw_rng: random.Random) -> nn.Module:
+        cfg, dim = self.config, self.backbone.num_features
+        if cfg.method == "mosa" and not merged:
+            return MoSAAdapter(
+                dim, cfg.r, cfg.scale, cfg.dropout, cfg.num_experts, cfg.share,
+                mask_generator=_mask_generator(cfg.mask_seed, index), draw_rng=draw_rng,
+            )
+        if cfg.kind == "bottleneck":
+            return BottleneckAdapter(dim, cfg.r, cfg.scale, cfg.dropout)
+        qkv = self.backbone.blocks[index].attn.qkv
+        return LoRADelta(qkv.in_features, qkv.out_features, cfg.r, cfg.lora_alpha)
+
+    def _tap(self, index: int) -> DeltaTap:
+        block = self.backbone.blocks[index]
+        place = parallel_mlp_tap if self.config.kind == "bottleneck" else qkv_tap
+        return place(block, self._delta(str(index)))
+
+    def _delta(self, key: str) -> Callable[[Tensor], Tensor]:
+        # Looked up at call time, so merge_() can swap the module behind the tap.
+        return lambda h: self.adapters[key](h)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True) -> "AdaptedViT":
+        super().train(mode)
+        self.backbone.eval()  # frozen: its dropout/drop-path never run in training mode
+        return self
+
+    def expert_splits(self) -> list[ExpertSplit]:
+        return [m for m in self.modules() if isinstance(m, ExpertSplit)]
+
+    @torch.no_grad()
+    def merge_(self) -> "AdaptedViT":
+        """Replaces every MoSA adapter by its merged dense form, in place."""
+        for key, module in self.adapters.items():
+            if isinstance(module, MoSAAdapter):
+                self.adapters[key] = module.merge()
+        return self
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """The merged adapter and head, as named for the adapter file."""
+        tensors: dict[str, Tensor] = {}
+        for key, module in self.adapters.items():
+            deployable = module.merge() if isinstance(module, MoSAAdapter) else module
+            prefix = f"blocks.{key}." + ("qkv." if self.config.kind == "lora" else "")
+            for name, value in deployable.state_dict().items():
+                tensors[prefix + name] = value
+        for name, value in self.head.state_dict().items():
+            tensors["head." + name] = value
+        return {name: value.detach().to("cpu").contiguous().clone() for name, value in tensors.items()}
+
+    @torch.no_grad()
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Loads tensors named as by `export_tensors` into a merged model."""
+        for key, module in self.adapters.items():
+            prefix = f"blocks.{key}." + ("qkv." if self.config.kind == "lora" else "")
+            module.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+        self.head.load_state_dict({n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")})
+
+    def remove_taps(self) -> None:
+        """Detaches the adapters from the backbone, which then computes its bare output again."""
+        for tap in self._taps:
+            tap.remove()
+        self._taps = []

@@ -1,0 +1,65 @@
+"""The `mosaserve` command: ties the subcommands together; the logic lives in the subpackages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .adapters.demo import format_rows, run_demo
+    from .adapters.training import TrainConfig
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,
+                    args.test_size, cfg, progress=not args.no_progress)
+    print(format_rows(rows))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .adapters.errors import AdapterFileError
+    from .adapters.file_format import load_adapter
+
+    try:
+        adapter = load_adapter(args.file)
+    except AdapterFileError as exc:
+        print(f"invalid adapter file: {exc}", file=sys.stderr)
+        return 2
+    header = adapter.header
+    summary = header.to_dict(content_sha256="(verified)")
+    summary["parameters"] = sum(t.numel() for t in adapter.tensors.values())
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train adapters on a built-in dataset and write adapter files")
+    train.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=5e-3)
+    train.add_argument("--seed", type=int, default=3407)
+    train.add_argument("--train-size", type=int, default=1000)
+    train.add_argument("--test-size", type=int, default=1000)
+    train.add_argument("--out", default="out/demo", help="folder for the backbone and adapter files")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_train)
+    inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
+    inspect.add_argument("file")
+    inspect.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

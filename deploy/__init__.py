@@ -1,0 +1,1 @@
+"""mosaserve.deploy (grows with later issues)."""

@@ -1,0 +1,1 @@
+"""mosaserve.loadtests (grows with later issues)."""

@@ -1,0 +1,1 @@
+"""mosaserve.runtime (grows with later issues)."""

@@ -1,0 +1,198 @@
+"""The adapter file: round trip, and one clear error for every kind of bad file."""
+
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from mosaserve.adapters.config import AdapterConfig
+from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
+from mosaserve.adapters.file_format import (
+    METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter, save_adapter,
+)
+from mosaserve.adapters.loading import build_adapted_model
+from mosaserve.adapters.model import AdaptedViT
+
+LABELS = ("cat", "dog", "bird")
+
+
+def trained_model(backbone, method: str) -> AdaptedViT:
+    model = AdaptedViT(backbone, AdapterConfig(method=method, r=4), num_classes=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def header_and_tensors(tiny_backbone, method="mosa"):
+    backbone, info = tiny_backbone
+    model = trained_model(backbone, method)
+    return AdapterHeader(AdapterConfig(method=method, r=4), info, LABELS, {"dataset": "unit"}), model.export_tensors()
+
+
+def craft(header_dict: dict, tensors: dict) -> bytes:
+    """A file written without validation, as an attacker or a buggy writer would."""
+    return safetensors_save(tensors, metadata={METADATA_KEY: json.dumps(header_dict)})
+
+
+def valid_parts(tiny_backbone):
+    header, tensors = header_and_tensors(tiny_backbone)
+    return header.to_dict(content_digest(tensors)), tensors
+
+
+@pytest.mark.parametrize("method", ["mosa", "adapter", "lora", "linear"])
+def test_save_load_forward_gives_identical_logits(tiny_backbone, tiny_spec, images, tmp_path, method):
+    from mosaserve.adapters.backbone import load_backbone
+
+    backbone, info = tiny_backbone
+    model = trained_model(backbone, method)
+    expected = model(images)
+    path = save_adapter(tmp_path / "task.safetensors", AdapterHeader(model.config, info, LABELS), model.export_tensors())
+    loaded = load_adapter(path, expected_fingerprint=info.fingerprint)
+    assert loaded.header.adapter == model.config and loaded.header.labels == LABELS
+    torch.manual_seed(0)
+    fresh_backbone, fresh_info = load_backbone(tiny_spec)  # same seed: the same weights
+    served = build_adapted_model(fresh_backbone, fresh_info, loaded)
+    torch.testing.assert_close(served(images), expected, rtol=0, atol=0 if method != "mosa" else 1e-6)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_loading_from_bytes_equals_loading_from_path(tiny_backbone, tmp_path):
+    header, tensors = header_and_tensors(tiny_backbone)
+    path = save_adapter(tmp_path / "a.safetensors", header, tensors)
+    a, b = load_adapter(path), load_adapter(path.read_bytes())
+    assert a.header == b.header and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_tampered_tensor_bytes_are_detected(tiny_backbone):
+    header, tensors = header_and_tensors(tiny_backbone)
+    data = bytearray(encode_adapter(header, tensors))
+    data[-3] ^= 0x40  # one bit in the last tensor's data
+    with pytest.raises(AdapterFileError, match="sha256"):
+        load_adapter(bytes(data))
+
+
+def test_wrong_backbone_fingerprint_is_refused(tiny_backbone):
+    header, tensors = header_and_tensors(tiny_backbone)
+    with pytest.raises(BackboneMismatchError, match="fingerprint"):
+        load_adapter(encode_adapter(header, tensors), expected_fingerprint="0" * 64)
+
+
+def test_nan_tensor_is_refused_on_write_and_on_read(tiny_backbone):
+    header, tensors = header_and_tensors(tiny_backbone)
+    tensors["blocks.1.up.weight"][0, 0] = float("nan")
+    with pytest.raises(AdapterFileError, match="blocks.1.up.weight.*NaN"):
+        encode_adapter(header, tensors)
+    with pytest.raises(AdapterFileError, match="NaN or infinite"):
+        load_adapter(craft(header.to_dict(content_digest(tensors)), tensors))
+
+
+@pytest.mark.parametrize("field", ["format", "backbone", "labels", "content_sha256", "adapter"])
+def test_missing_header_field_is_named(tiny_backbone, field):
+    raw, tensors = valid_parts(tiny_backbone)
+    del raw[field]
+    with pytest.raises(AdapterFileError, match=f"missing fields: \\['{field}'\\]"):
+        load_adapter(craft(raw, tensors))
+
+
+def test_missing_backbone_field_and_extra_field_are_named(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    del raw["backbone"]["mean"]
+    with pytest.raises(AdapterFileError, match="backbone is missing fields: \\['mean'\\]"):
+        load_adapter(craft(raw, tensors))
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["surprise"] = 1
+    with pytest.raises(AdapterFileError, match="unknown fields: \\['surprise'\\]"):
+        load_adapter(craft(raw, tensors))
+
+
+def test_wrong_shape_is_named(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    tensors["blocks.0.down.weight"] = torch.zeros(5, 32)
+    raw["content_sha256"] = content_digest(tensors)
+    with pytest.raises(AdapterFileError, match="blocks.0.down.weight.*shape \\(5, 32\\), expected \\(4, 32\\)"):
+        load_adapter(craft(raw, tensors))
+
+
+def test_missing_and_extra_tensors_are_named(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    del tensors["head.bias"]
+    with pytest.raises(AdapterFileError, match="missing tensors: \\['head.bias'\\]"):
+        load_adapter(craft(raw, tensors))
+    raw, tensors = valid_parts(tiny_backbone)
+    tensors["blocks.9.up.weight"] = torch.zeros(1)
+    with pytest.raises(AdapterFileError, match="unexpected tensors"):
+        load_adapter(craft(raw, tensors))
+
+
+def test_wrong_dtype_and_class_count_are_refused(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    tensors["head.bias"] = tensors["head.bias"].to(torch.int32)
+    with pytest.raises(AdapterFileError, match="dtype"):
+        load_adapter(craft(raw, tensors))
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["num_classes"] = 4
+    with pytest.raises(AdapterFileError, match="num_classes is 4 but 3 labels"):
+        load_adapter(craft(raw, tensors))
+
+
+def test_bad_hyper_parameters_in_the_header_are_refused(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["adapter"]["share"] = "sideways"
+    with pytest.raises(AdapterFileError, match="share"):
+        load_adapter(craft(raw, tensors))
+    raw["adapter"]["share"], raw["adapter"]["r"] = "down", "4"
+    with pytest.raises(AdapterFileError, match="'r' has the wrong type"):
+        load_adapter(craft(raw, tensors))
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('/tmp/mosaserve-pwned').write_text('x')",))
+
+
+def test_a_pickle_is_refused_and_never_executed(tmp_path):
+    target = tmp_path / "evil.safetensors"
+    target.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(AdapterFileError, match="not a safetensors file"):
+        load_adapter(target)
+    import pathlib
+    assert not pathlib.Path("/tmp/mosaserve-pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "shorter than the 8-byte header"),
+        (struct.pack("<Q", 2**40) + b"{}", "header length field"),
+        (struct.pack("<Q", 4) + b"nope", "header is not JSON"),
+    ],
+)
+def test_malformed_bytes_are_refused(data, message):
+    with pytest.raises(AdapterFileError, match=message):
+        load_adapter(data)
+
+
+def test_truncated_file_and_foreign_safetensors_are_refused(tiny_backbone):
+    header, tensors = header_and_tensors(tiny_backbone)
+    data = encode_adapter(header, tensors)
+    with pytest.raises(AdapterFileError):
+        load_adapter(data[: len(data) - 10])
+    with pytest.raises(AdapterFileError, match="no 'mosaserve' entry"):
+        load_adapter(safetensors_save({"w": torch.zeros(2)}))
+
+
+def test_oversized_file_is_refused_before_reading(tiny_backbone, tmp_path):
+    header, tensors = header_and_tensors(tiny_backbone)
+    path = save_adapter(tmp_path / "a.safetensors", header, tensors)
+    with pytest.raises(AdapterFileError, match="over the limit"):
+        load_adapter(path, max_bytes=100)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(AdapterFileError, match="cannot read adapter file"):
+        load_adapter(tmp_path / "nope.safetensors")

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from mosaserve.adapters.backbone import BackboneSpec, load_backbone
+from mosaserve.adapters.config import AdapterConfig
+from mosaserve.adapters.datasets import load_builtin, train_test_split
+from mosaserve.adapters.errors import AdapterConfigError
+from mosaserve.adapters.model import AdaptedViT
+from mosaserve.adapters.preprocess import Preprocessor
+from mosaserve.adapters.training import TrainConfig, accuracy, symmetric_kl, train_adapter, warmup_cosine
+
+
+def test_warmup_then_cosine_schedule():
+    factors = [warmup_cosine(s, total_steps=20, warmup_steps=4) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert math.isclose(warmup_cosine(12, 20, 4), 0.5)
+
+
+def test_symmetric_kl_is_zero_for_equal_and_symmetric_otherwise():
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    assert symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    assert symmetric_kl(a, b).item() > 0
+    assert symmetric_kl(a, b).item() == pytest.approx(symmetric_kl(b, a).item(), rel=1e-6)
+    p, q = a.softmax(-1), b.softmax(-1)
+    manual = 0.5 * ((q * (q.log() - p.log())).sum(-1) + (p * (p.log() - q.log())).sum(-1)).mean()
+    assert symmetric_kl(a, b).item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_bad_train_config_is_refused():
+    with pytest.raises(AdapterConfigError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(AdapterConfigError, match="method"):
+        AdapterConfig(method="prompt")
+
+
+@pytest.mark.parametrize("method", ["mosa", "adapter"])
+def test_training_on_real_digits_learns(method):
+    """300 real 8x8 digits on a random frozen ViT: well above chance (10%), read off the merged model."""
+    torch.manual_seed(0)
+    spec = BackboneSpec("vit_tiny_patch16_224", {"img_size": 8, "patch_size": 2, "depth": 2, "embed_dim": 32, "num_heads": 2,
+                                                 "global_pool": "avg"})
+    backbone, info = load_backbone(spec)
+    train, test = train_test_split(load_builtin("digits"), 300, 300, seed=0)
+    prep = Preprocessor(info)
+    model = AdaptedViT(backbone, AdapterConfig(method=method, r=8), num_classes=10)
+    epochs = []
+    result = train_adapter(model, prep(train.images), train.labels, TrainConfig(epochs=24, batch_size=32, lr=0.03),
+                           progress=False, on_epoch=lambda e, loss: epochs.append(e))
+    assert epochs == list(range(24)) and result.steps == 24 * 10
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    model.merge_()
+    assert result.epoch_losses[-1] < 0.9 * result.epoch_losses[0]
+    assert accuracy(model, prep(test.images), test.labels) > 0.2
