@@ -1,0 +1,16 @@
+"""Error types of the serving runtime."""
+
+
+class UnknownTaskError(KeyError):
+    """A request names a task id that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown task"
+
+
+class InvalidTaskIdError(ValueError):
+    """A task id is not a valid name (ids are names, never paths)."""
+
+
+class StoreError(RuntimeError):
+    """The adapter store cannot be read or written."""

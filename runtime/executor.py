@@ -1,0 +1,178 @@
+"""Mixed-task batches: the backbone runs once for the whole batch, each block adds its rows' adapters.
+
+Two ways to compute the adapters of a batch whose rows belong to different tasks:
+- "grouped": one dense bottleneck per distinct task, on that task's rows (index_select/index_copy);
+- "gathered": every row's weights gathered into (B, r, D) stacks and two batched matmuls (bmm)
+  for all rows at once, whatever the task count (the Punica/S-LoRA idea for bottleneck adapters).
+`strategy="auto"` uses grouped up to `gather_from_tasks - 1` distinct tasks and gathered from there
+on; the threshold is chosen from `mosaserve bench runtime` (see BENCHMARKS.md), not guessed.
+Rows of the bare backbone (task None) get no adapter and return pooled features instead of logits.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapters.bottleneck import LAYER_NORM_EPS
+from ..adapters.taps import DeltaTap, parallel_mlp_tap
+from .bank import AdapterBank
+from .errors import UnknownTaskError
+from .resident import BlockWeights, ResidentAdapter
+
+STRATEGIES = ("auto", "grouped", "gathered")
+
+
+@dataclass(frozen=True)
+class RowResult:
+    task_id: str | None
+    version: int | None
+    output: Tensor  # logits for a task row, pooled features for a bare-backbone row
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    adapter: ResidentAdapter
+    rows: Tensor  # row indices into the batch
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Built once per batch, reused by every block (the index is computed once)."""
+
+    batch_size: int
+    groups: tuple[TaskGroup, ...]
+    gathered: bool
+
+    def covers_all_rows(self, group: TaskGroup) -> bool:
+        return len(self.groups) == 1 and len(group.rows) == self.batch_size
+
+
+class MixedTaskExecutor:
+    def __init__(self, backbone: torch.nn.Module, bank: AdapterBank, strategy: str = "auto",
+                 gather_from_tasks: int = 8) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        self.backbone, self.bank = backbone, bank
+        self.strategy, self.gather_from_tasks = strategy, gather_from_tasks
+        self._plan: BatchPlan | None = None
+        self._gathered: dict[int, tuple[Tensor, ...] | None] = {}
+        self._lock = threading.Lock()  # the taps hold per-batch state: one batch at a time
+        self._taps: list[DeltaTap] = [
+            parallel_mlp_tap(block, self._delta_fn(index)) for index, block in enumerate(backbone.blocks)
+        ]
+
+    def plan(self, task_ids: list[str | None]) -> BatchPlan:
+        """Resolves every row's task against one snapshot of the bank (all versions consistent)."""
+        snapshot = self.bank.snapshot()
+        rows_of: dict[str, list[int]] = {}
+        for row, task_id in enumerate(task_ids):
+            if task_id is None:
+                continue
+            if task_id not in snapshot:
+                raise UnknownTaskError(f"task {task_id!r} is not registered")
+            rows_of.setdefault(task_id, []).append(row)
+        groups = tuple(TaskGroup(self.bank.resident(snapshot[t]), torch.tensor(r, device=self.bank.device))
+                       for t, r in rows_of.items())
+        gathered = self.strategy == "gathered" or (self.strategy == "auto" and len(groups) >= self.gather_from_tasks)
+        return BatchPlan(len(task_ids), groups, gathered)
+
+    @torch.inference_mode()
+    def run(self, images: Tensor, task_ids: list[str | None]) -> list[RowResult]:
+        """One forward pass for a batch of preprocessed images whose rows name their tasks."""
+        if len(images) != len(task_ids):
+            raise ValueError(f"{len(images)} images but {len(task_ids)} task ids")
+        plan = self.plan(task_ids)
+        with self._lock:
+            self._plan, self._gathered = plan, {}
+            try:
+                features = self.backbone(images.to(self.bank.device, self.bank.dtype))
+            finally:
+                self._plan, self._gathered = None, {}
+        return self._heads(plan, features, task_ids)
+
+    def _heads(self, plan: BatchPlan, features: Tensor, task_ids: list[str | None]) -> list[RowResult]:
+        results: list[RowResult | None] = [None] * len(task_ids)
+        for group in plan.groups:
+            logits = F.linear(features.index_select(0, group.rows), group.adapter.head_weight, group.adapter.head_bias)
+            for row, row_logits in zip(group.rows.tolist(), logits):
+                results[row] = RowResult(group.adapter.task_id, group.adapter.version, row_logits)
+        for row, task_id in enumerate(task_ids):
+            if task_id is None:
+                results[row] = RowResult(None, None, features[row])
+        return results  # type: ignore[return-value]
+
+    def _delta_fn(self, block: int):
+        return lambda h: self._block_delta(block, h)
+
+    def _block_delta(self, block: int, h: Tensor) -> Tensor:
+        plan = self._plan
+        if plan is None or not plan.groups:
+            return torch.zeros_like(h)
+        if plan.gathered:
+            return self._gathered_delta(plan, block, h)
+        return self._grouped_delta(plan, block, h)
+
+    def _grouped_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor:
+        out = torch.zeros_like(h)
+        for group in plan.groups:
+            weights = group.adapter.blocks.get(block)
+            if weights is None:
+                continue
+            if plan.covers_all_rows(group):
+                return weights(h)
+            out.index_copy_(0, group.rows, weights(h.index_select(0, group.rows)))
+        return out
+
+    def _gathered_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor:
+        if block not in self._gathered:
+            self._gathered[block] = gather_block_weights(plan, block, h)
+        stacks = self._gathered[block]
+        if stacks is None:
+            return torch.zeros_like(h)
+        rows, norm_w, norm_b, down_w, down_b, up_w, up_b, scale = stacks
+        x = h.index_select(0, rows)
+        normed = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS) * norm_w + norm_b
+        z = F.gelu(torch.baddbmm(down_b, normed, down_w.transpose(1, 2)))
+        delta = scale * torch.baddbmm(up_b, z, up_w.transpose(1, 2))
+        out = torch.empty_like(h) if len(rows) == plan.batch_size else torch.zeros_like(h)
+        return out.index_copy_(0, rows, delta)
+
+
+def _padded(weights: BlockWeights, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pads a bottleneck to width r with zero units (they add exactly zero: GELU(0) = 0)."""
+    extra = r - weights.down_weight.shape[0]
+    if extra == 0:
+        return weights.down_weight, weights.down_bias, weights.up_weight
+    return (F.pad(weights.down_weight, (0, 0, 0, extra)), F.pad(weights.down_bias, (0, extra)),
+            F.pad(weights.up_weight, (0, extra)))
+
+
+def gather_block_weights(plan: BatchPlan, block: int, h: Tensor) -> tuple[Tensor, ...] | None:
+    """Per-row weight stacks for one block: rows (R,), then (R, 1, D), (R, r, D), (R, D, r), ..."""
+    present = [g for g in plan.groups if block in g.adapter.blocks]
+    if not present:
+        return None
+    r = max(g.adapter.blocks[block].down_weight.shape[0] for g in present)
+    counts = torch.tensor([len(g.rows) for g in present], device=h.device)
+    rows = torch.cat([g.rows for g in present])
+
+    def per_row(values: list[Tensor]) -> Tensor:
+        return torch.stack(values).repeat_interleave(counts, dim=0)
+
+    weights = [g.adapter.blocks[block] for g in present]
+    padded = [_padded(w, r) for w in weights]
+    return (
+        rows,
+        per_row([w.norm_weight for w in weights]).unsqueeze(1),
+        per_row([w.norm_bias for w in weights]).unsqueeze(1),
+        per_row([p[0] for p in padded]),
+        per_row([p[1] for p in padded]).unsqueeze(1),
+        per_row([p[2] for p in padded]),
+        per_row([w.up_bias for w in weights]).unsqueeze(1),
+        per_row([torch.tensor(w.scale, device=h.device, dtype=h.dtype) for w in weights]).view(-1, 1, 1),
+    )

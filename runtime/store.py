@@ -1,0 +1,118 @@
+"""The adapter store: one file per task version in a directory, and a manifest naming the live ones.
+
+Publishing writes the adapter file under a fresh name (temp file, fsync, rename), then the new
+manifest the same way, then fsyncs the directory. A crash at any point leaves either the old or the
+new manifest, and every file a manifest names is complete, so a restart restores every task that
+was acknowledged at its acknowledged version. Files no manifest names are garbage from a crash
+and are ignored (and removed by `collect_garbage`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StoreError
+from .task_ids import validate_task_id
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    task_id: str
+    version: int
+    file: str  # relative to the store root
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AdapterStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        (self.root / "tasks").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._entries = self._read_manifest()
+
+    def _read_manifest(self) -> dict[str, StoreEntry]:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+            entries = {t: StoreEntry(validate_task_id(t), int(e["version"]), str(e["file"])) for t, e in raw["tasks"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"store manifest {path} is unreadable: {exc}") from exc
+        return entries
+
+    def _write_manifest(self, entries: dict[str, StoreEntry]) -> None:
+        doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())}}
+        _write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
+
+    def entries(self) -> dict[str, StoreEntry]:
+        with self._lock:
+            return dict(self._entries)
+
+    def path_of(self, entry: StoreEntry) -> Path:
+        return self.root / entry.file
+
+    def publish(self, task_id: str, data: bytes) -> StoreEntry:
+        """Durably stores a (validated) adapter file as the next version of `task_id`."""
+        validate_task_id(task_id)
+        with self._lock:
+            previous = self._entries.get(task_id)
+            version = previous.version + 1 if previous else 1
+            folder = self.root / "tasks" / task_id
+            folder.mkdir(exist_ok=True)
+            entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
+            _write_atomically(self.root / entry.file, data)
+            entries = {**self._entries, task_id: entry}
+            self._write_manifest(entries)  # the commit point
+            self._entries = entries
+            if previous is not None:
+                self.path_of(previous).unlink(missing_ok=True)
+            return entry
+
+    def remove(self, task_id: str) -> StoreEntry | None:
+        with self._lock:
+            previous = self._entries.get(task_id)
+            if previous is None:
+                return None
+            entries = {t: e for t, e in self._entries.items() if t != task_id}
+            self._write_manifest(entries)
+            self._entries = entries
+            self.path_of(previous).unlink(missing_ok=True)
+            return previous
+
+    def collect_garbage(self) -> list[Path]:
+        """Deletes files no manifest entry names (left by a crash before the manifest was written)."""
+        with self._lock:
+            live = {self.root / e.file for e in self._entries.values()}
+            stray = [p for p in (self.root / "tasks").rglob("*") if p.is_file() and p not in live]
+            for path in stray:
+                path.unlink(missing_ok=True)
+            return stray

@@ -1,0 +1,148 @@
+"""Versions, atomic swaps, residency, and a store that survives restarts and crashes."""
+
+import copy
+import os
+import threading
+
+import pytest
+import torch
+
+from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
+from mosaserve.runtime.bank import AdapterBank
+from mosaserve.runtime.errors import InvalidTaskIdError
+from mosaserve.runtime.executor import MixedTaskExecutor
+from mosaserve.runtime.store import AdapterStore
+from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
+from mosaserve.runtime.task_ids import BACKBONE_TASK, validate_task_id
+
+from .helpers import adapter_bytes, adapter_file, random_model
+
+
+def test_swap_is_atomic_per_batch_and_never_fails_in_flight_requests(tiny_backbone):
+    backbone, info = tiny_backbone
+    versions = [random_model(copy.deepcopy(backbone), seed=s) for s in (1, 2)]
+    images = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        expected = [m(images) for m in versions]
+    for m in versions:
+        m.remove_taps()
+    bank = AdapterBank(info)
+    files = [adapter_file(m, info) for m in versions]
+    bank.register("t", files[0], version=1)
+    executor = MixedTaskExecutor(backbone, bank)
+    stop, failures, seen = threading.Event(), [], set()
+
+    def swapper():
+        v = 0
+        while not stop.is_set():
+            v += 1
+            bank.register("t", files[v % 2], version=v + 1)
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        for _ in range(40):
+            results = executor.run(images, ["t"] * 4)
+            got = torch.stack([r.output for r in results])
+            matches = [i for i, e in enumerate(expected) if torch.allclose(got, e, atol=1e-5)]
+            if len(matches) != 1 or len({r.version for r in results}) != 1:
+                failures.append(results)  # a mix of layers or of versions
+            seen.add(matches[0] if matches else None)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures
+    assert seen == {0, 1}  # both versions were served while swapping
+
+
+def test_residency_is_lru_bounded(tiny_backbone):
+    backbone, info = tiny_backbone
+    bank = AdapterBank(info, max_resident=2)
+    for i in range(4):
+        bank.register(f"t{i}", adapter_file(random_model(copy.deepcopy(backbone), seed=i), info), version=1)
+    executor = MixedTaskExecutor(backbone, bank)
+    for task in ["t0", "t1", "t0", "t2", "t3"]:
+        executor.run(torch.randn(1, 3, 16, 16), [task])
+    assert bank.resident_count() == 2 and bank.evictions == 2
+
+
+def test_bank_refuses_other_backbones_and_lora(tiny_backbone):
+    backbone, info = tiny_backbone
+    bank = AdapterBank(info)
+    other = copy.deepcopy(backbone)
+    with torch.no_grad():
+        other.blocks[0].mlp.fc1.weight.add_(1e-3)
+    from mosaserve.adapters.backbone import describe, BackboneSpec
+    other_info = describe(other, BackboneSpec())
+    with pytest.raises(BackboneMismatchError):
+        bank.register("x", adapter_file(random_model(other, seed=1), other_info), version=1)
+    with pytest.raises(AdapterFileError, match="not servable"):
+        bank.register("x", adapter_file(random_model(copy.deepcopy(backbone), seed=1, method="lora"), info), version=1)
+    assert not bank.snapshot()
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "a/b", "..", ".hidden", "x" * 129, "naïve", BACKBONE_TASK, "a\\b"])
+def test_task_ids_are_names_never_paths(bad):
+    with pytest.raises(InvalidTaskIdError):
+        validate_task_id(bad)
+
+
+def test_store_publishes_versions_and_survives_reopen(tmp_path):
+    store = AdapterStore(tmp_path)
+    assert store.publish("cats", b"one").version == 1
+    second = store.publish("cats", b"two")
+    assert second.version == 2 and store.path_of(second).read_bytes() == b"two"
+    reopened = AdapterStore(tmp_path)
+    assert reopened.entries() == {"cats": second}
+    assert not (tmp_path / "tasks" / "cats" / "v000001.safetensors").exists()  # the old version is gone
+    reopened.remove("cats")
+    assert AdapterStore(tmp_path).entries() == {}
+
+
+def test_crash_between_file_write_and_manifest_keeps_the_acknowledged_version(tmp_path, monkeypatch):
+    store = AdapterStore(tmp_path)
+    acknowledged = store.publish("cats", b"v1")
+    real_replace = os.replace
+
+    def crash_on_manifest(src, dst):
+        if str(dst).endswith("manifest.json"):
+            raise OSError("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_manifest)
+    with pytest.raises(OSError, match="power cut"):
+        store.publish("cats", b"v2")
+    monkeypatch.undo()
+    after_restart = AdapterStore(tmp_path)
+    assert after_restart.entries() == {"cats": acknowledged}
+    assert after_restart.path_of(acknowledged).read_bytes() == b"v1"
+    assert [p.name for p in after_restart.collect_garbage()] == ["v000002.safetensors"]
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written manifest left behind
+
+
+def test_runtime_restores_every_task_after_restart(tiny_backbone, tiny_spec, tmp_path):
+    backbone, info = tiny_backbone
+    config = RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path))
+    torch.manual_seed(0)  # the tiny backbone's seeded weights, as in the fixture
+    runtime = TaskRuntime(config)
+    models = {t: random_model(copy.deepcopy(backbone), seed=s, classes=c) for t, s, c in (("a", 1, 3), ("b", 2, 5))}
+    for task_id, model in models.items():
+        runtime.register(task_id, adapter_bytes(model, info))
+    runtime.register("a", adapter_bytes(models["a"], info))  # a second version of a
+    image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
+    before = runtime.infer([image, image, image], ["a", "b", BACKBONE_TASK])
+    torch.manual_seed(0)
+    restarted = TaskRuntime(config)
+    assert {t: r.version for t, r in restarted.tasks().items()} == {"a": 2, "b": 1}
+    after = restarted.infer([image, image, image], ["a", "b", BACKBONE_TASK])
+    for x, y in zip(before, after):
+        assert (x.task_id, x.version) == (y.task_id, y.version)
+        torch.testing.assert_close(x.output, y.output)
+
+
+def test_runtime_rejects_bad_uploads_without_storing_them(tiny_spec, tmp_path):
+    torch.manual_seed(0)
+    runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path)))
+    with pytest.raises(AdapterFileError):
+        runtime.register("a", b"not an adapter at all")
+    assert runtime.store.entries() == {} and not runtime.tasks()
