@@ -35,6 +35,15 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .runtime.benchmark import format_table, run_benchmark
+
+    rows = run_benchmark(args.models.split(","), args.batch, args.repeats, args.r, args.tasks, Path(args.out))
+    print(format_table(rows))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="out/demo", help="folder for the backbone and adapter files")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
+    bench = sub.add_parser("bench", help="benchmarks; writes JSON and prints a table")
+    bench.add_argument("target", choices=["runtime"])
+    bench.add_argument("--models", default="vit_tiny_patch16_224,vit_small_patch16_224")
+    bench.add_argument("--batch", type=int, default=32)
+    bench.add_argument("--tasks", type=int, default=32, help="registered tasks (all-distinct rows use all)")
+    bench.add_argument("--r", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", default="out/bench/runtime.json")
+    bench.set_defaults(func=_bench)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -26,6 +25,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+from .atomic_write import write_atomically
 from .backbone import BackboneInfo
 from .config import AdapterConfig
 from .errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
@@ -116,21 +116,8 @@ def encode_adapter(header: AdapterHeader, tensors: dict[str, Tensor]) -> bytes:
 
 
 def save_adapter(path: str | os.PathLike, header: AdapterHeader, tensors: dict[str, Tensor]) -> Path:
-    """Writes the file atomically: a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    data = encode_adapter(header, tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes the file atomically (temp file, fsync, rename): never a half-written adapter."""
+    return write_atomically(path, encode_adapter(header, tensors))
 
 
 # ---------------------------------------------------------------- reading

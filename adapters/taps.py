@@ -11,14 +11,14 @@ not run forward passes from two threads at once (the serving executor runs batch
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
 from timm.models.vision_transformer import Block
 
 
 class DeltaTap:
-    def __init__(self, read_at: nn.Module, add_at: nn.Module, delta: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, read_at: nn.Module, add_at: nn.Module, delta: Callable[[Tensor], Optional[Tensor]]) -> None:
         self.delta = delta
         self._captured: Tensor | None = None
         self._handles = [
@@ -31,7 +31,8 @@ class DeltaTap:
 
     def _add(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         captured, self._captured = self._captured, None
-        return output + self.delta(captured)
+        delta = self.delta(captured)
+        return output if delta is None else output + delta  # None: nothing to add in this block
 
     def remove(self) -> None:
         for handle in self._handles:

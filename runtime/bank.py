@@ -65,6 +65,7 @@ class AdapterBank:
         record = TaskRecord(task_id, version, adapter.header, dict(adapter.tensors))
         with self._write_lock:
             self._tasks = MappingProxyType({**self._tasks, task_id: record})
+        self._evict_task(task_id)  # a re-registered task may reuse a version number
         return record
 
     def remove(self, task_id: str) -> bool:
@@ -72,7 +73,14 @@ class AdapterBank:
             if task_id not in self._tasks:
                 return False
             self._tasks = MappingProxyType({t: r for t, r in self._tasks.items() if t != task_id})
+        self._evict_task(task_id)
         return True
+
+    def _evict_task(self, task_id: str) -> None:
+        """Drops the device copies of a task's older versions (batches in flight keep their own)."""
+        with self._resident_lock:
+            for key in [k for k in self._resident if k[0] == task_id]:
+                del self._resident[key]
 
     def snapshot(self) -> Mapping[str, TaskRecord]:
         return self._tasks

@@ -4,8 +4,9 @@ Two ways to compute the adapters of a batch whose rows belong to different tasks
 - "grouped": one dense bottleneck per distinct task, on that task's rows (index_select/index_copy);
 - "gathered": every row's weights gathered into (B, r, D) stacks and two batched matmuls (bmm)
   for all rows at once, whatever the task count (the Punica/S-LoRA idea for bottleneck adapters).
-`strategy="auto"` uses grouped up to `gather_from_tasks - 1` distinct tasks and gathered from there
-on; the threshold is chosen from `mosaserve bench runtime` (see BENCHMARKS.md), not guessed.
+`strategy="auto"` uses gathered from `gather_from_tasks` distinct tasks on, grouped below; the
+default (None: always grouped) is what `mosaserve bench runtime` measured on CPU, where grouped won
+at every task count (BENCHMARKS.md). GPUs are not measured yet.
 Rows of the bare backbone (task None) get no adapter and return pooled features instead of logits.
 """
 
@@ -54,17 +55,22 @@ class BatchPlan:
 
 class MixedTaskExecutor:
     def __init__(self, backbone: torch.nn.Module, bank: AdapterBank, strategy: str = "auto",
-                 gather_from_tasks: int = 8) -> None:
+                 gather_from_tasks: int | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         self.backbone, self.bank = backbone, bank
         self.strategy, self.gather_from_tasks = strategy, gather_from_tasks
         self._plan: BatchPlan | None = None
-        self._gathered: dict[int, tuple[Tensor, ...] | None] = {}
         self._lock = threading.Lock()  # the taps hold per-batch state: one batch at a time
         self._taps: list[DeltaTap] = [
             parallel_mlp_tap(block, self._delta_fn(index)) for index, block in enumerate(backbone.blocks)
         ]
+
+    def close(self) -> None:
+        """Detaches the executor from the backbone."""
+        for tap in self._taps:
+            tap.remove()
+        self._taps = []
 
     def plan(self, task_ids: list[str | None]) -> BatchPlan:
         """Resolves every row's task against one snapshot of the bank (all versions consistent)."""
@@ -78,7 +84,10 @@ class MixedTaskExecutor:
             rows_of.setdefault(task_id, []).append(row)
         groups = tuple(TaskGroup(self.bank.resident(snapshot[t]), torch.tensor(r, device=self.bank.device))
                        for t, r in rows_of.items())
-        gathered = self.strategy == "gathered" or (self.strategy == "auto" and len(groups) >= self.gather_from_tasks)
+        threshold = self.gather_from_tasks
+        gathered = self.strategy == "gathered" or (
+            self.strategy == "auto" and threshold is not None and len(groups) >= threshold
+        )
         return BatchPlan(len(task_ids), groups, gathered)
 
     @torch.inference_mode()
@@ -88,11 +97,11 @@ class MixedTaskExecutor:
             raise ValueError(f"{len(images)} images but {len(task_ids)} task ids")
         plan = self.plan(task_ids)
         with self._lock:
-            self._plan, self._gathered = plan, {}
+            self._plan = plan
             try:
                 features = self.backbone(images.to(self.bank.device, self.bank.dtype))
             finally:
-                self._plan, self._gathered = None, {}
+                self._plan = None
         return self._heads(plan, features, task_ids)
 
     def _heads(self, plan: BatchPlan, features: Tensor, task_ids: list[str | None]) -> list[RowResult]:
@@ -109,31 +118,30 @@ class MixedTaskExecutor:
     def _delta_fn(self, block: int):
         return lambda h: self._block_delta(block, h)
 
-    def _block_delta(self, block: int, h: Tensor) -> Tensor:
+    def _block_delta(self, block: int, h: Tensor) -> Tensor | None:
         plan = self._plan
         if plan is None or not plan.groups:
-            return torch.zeros_like(h)
+            return None
         if plan.gathered:
             return self._gathered_delta(plan, block, h)
         return self._grouped_delta(plan, block, h)
 
-    def _grouped_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor:
-        out = torch.zeros_like(h)
+    def _grouped_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
+        out = None
         for group in plan.groups:
             weights = group.adapter.blocks.get(block)
             if weights is None:
                 continue
             if plan.covers_all_rows(group):
                 return weights(h)
+            out = torch.zeros_like(h) if out is None else out
             out.index_copy_(0, group.rows, weights(h.index_select(0, group.rows)))
         return out
 
-    def _gathered_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor:
-        if block not in self._gathered:
-            self._gathered[block] = gather_block_weights(plan, block, h)
-        stacks = self._gathered[block]
+    def _gathered_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
+        stacks = gather_block_weights(plan, block, h)
         if stacks is None:
-            return torch.zeros_like(h)
+            return None
         rows, norm_w, norm_b, down_w, down_b, up_w, up_b, scale = stacks
         x = h.index_select(0, rows)
         normed = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS) * norm_w + norm_b

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.atomic_write import write_atomically
 from .errors import StoreError
 from .task_ids import validate_task_id
 
@@ -27,28 +27,6 @@ class StoreEntry:
     task_id: str
     version: int
     file: str  # relative to the store root
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterStore:
@@ -71,7 +49,7 @@ class AdapterStore:
 
     def _write_manifest(self, entries: dict[str, StoreEntry]) -> None:
         doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())}}
-        _write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
+        write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
 
     def entries(self) -> dict[str, StoreEntry]:
         with self._lock:
@@ -86,10 +64,8 @@ class AdapterStore:
         with self._lock:
             previous = self._entries.get(task_id)
             version = previous.version + 1 if previous else 1
-            folder = self.root / "tasks" / task_id
-            folder.mkdir(exist_ok=True)
             entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
-            _write_atomically(self.root / entry.file, data)
+            write_atomically(self.root / entry.file, data)
             entries = {**self._entries, task_id: entry}
             self._write_manifest(entries)  # the commit point
             self._entries = entries

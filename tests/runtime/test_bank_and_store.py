@@ -146,3 +146,21 @@ def test_runtime_rejects_bad_uploads_without_storing_them(tiny_spec, tmp_path):
     with pytest.raises(AdapterFileError):
         runtime.register("a", b"not an adapter at all")
     assert runtime.store.entries() == {} and not runtime.tasks()
+
+
+def test_removed_then_reregistered_task_serves_the_new_weights(tiny_backbone):
+    backbone, info = tiny_backbone
+    old, new = (random_model(copy.deepcopy(backbone), seed=s) for s in (1, 2))
+    images = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        want = new(images)
+    old.remove_taps()
+    new.remove_taps()
+    bank = AdapterBank(info)
+    executor = MixedTaskExecutor(backbone, bank)
+    bank.register("t", adapter_file(old, info), version=1)
+    executor.run(images, ["t", "t"])  # version 1 becomes resident
+    bank.remove("t")
+    bank.register("t", adapter_file(new, info), version=1)  # the same version number again
+    got = torch.stack([r.output for r in executor.run(images, ["t", "t"])])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
