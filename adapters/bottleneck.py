@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # timm's ViTs use this LayerNorm epsilon, and so does the official MoSA adapter.
@@ -22,6 +23,13 @@ def init_up_projection(layer: nn.Linear) -> None:
     nn.init.zeros_(layer.bias)
 
 
+def bottleneck_branch(normed: Tensor, down_weight: Tensor, down_bias: Tensor, up_weight: Tensor, up_bias: Tensor,
+                      scale: float, dropout: nn.Module | None = None) -> Tensor:
+    """s * Up(Dropout(GELU(Down(normed)))): the one formula training and serving both run."""
+    z = F.gelu(F.linear(normed, down_weight, down_bias))
+    return scale * F.linear(z if dropout is None else dropout(z), up_weight, up_bias)
+
+
 class BottleneckAdapter(nn.Module):
     """A dense bottleneck adapter; also the merged, deployable form of MoSA."""
 
@@ -30,11 +38,11 @@ class BottleneckAdapter(nn.Module):
         self.scale = scale
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.down = nn.Linear(dim, r)
-        self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(r, dim)
         init_down_projection(self.down)
         init_up_projection(self.up)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.scale * self.up(self.dropout(self.act(self.down(self.norm(h)))))
+        return bottleneck_branch(self.norm(h), self.down.weight, self.down.bias, self.up.weight, self.up.bias,
+                                 self.scale, self.dropout)

@@ -19,10 +19,9 @@ from __future__ import annotations
 import random
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bottleneck import LAYER_NORM_EPS, BottleneckAdapter
+from .bottleneck import LAYER_NORM_EPS, BottleneckAdapter, bottleneck_branch
 from .experts import DenseWeight, ExpertSplit
 
 SHARE_MODES = ("down", "up", "none")
@@ -77,8 +76,8 @@ class MoSAAdapter(nn.Module):
         return self._project(h, self.down.expert(down_expert), self.up.expert(up_expert))
 
     def _project(self, h: Tensor, down_weight: Tensor, up_weight: Tensor) -> Tensor:
-        z = F.gelu(F.linear(self.norm(h), down_weight, self.down_bias))
-        return self.scale * F.linear(self.dropout(z), up_weight, self.up_bias)
+        return bottleneck_branch(self.norm(h), down_weight, self.down_bias, up_weight, self.up_bias, self.scale,
+                                 self.dropout)
 
     def split_weights(self) -> list[ExpertSplit]:
         return [holder for holder in (self.down, self.up) if isinstance(holder, ExpertSplit)]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.bottleneck import LAYER_NORM_EPS
+from ..adapters.bottleneck import LAYER_NORM_EPS, bottleneck_branch
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class BlockWeights:
     def __call__(self, h: Tensor) -> Tensor:
         """The merged bottleneck adapter in eval mode: s * Up(GELU(Down(LN_a(h))))."""
         normed = F.layer_norm(h, h.shape[-1:], self.norm_weight, self.norm_bias, LAYER_NORM_EPS)
-        return self.scale * F.linear(F.gelu(F.linear(normed, self.down_weight, self.down_bias)), self.up_weight, self.up_bias)
+        return bottleneck_branch(normed, self.down_weight, self.down_bias, self.up_weight, self.up_bias, self.scale)
 
 
 @dataclass(frozen=True)
