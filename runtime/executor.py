@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,8 @@ from torch import Tensor
 
 from ..adapters.bottleneck import LAYER_NORM_EPS
 from ..adapters.taps import DeltaTap, parallel_mlp_tap
-from .bank import AdapterBank
+from .bank import AdapterBank, TaskRecord
+from .compute_clock import ComputeClock
 from .errors import UnknownTaskError
 from .resident import BlockWeights, ResidentAdapter
 
@@ -33,6 +35,18 @@ class RowResult:
     task_id: str | None
     version: int | None
     output: Tensor  # logits for a task row, pooled features for a bare-backbone row
+
+
+@dataclass(frozen=True)
+class BatchTimings:
+    """Measured on the batch itself: task-specific work (adapter branches and heads) vs the rest."""
+
+    total_s: float
+    adapter_s: float
+
+    @property
+    def backbone_s(self) -> float:
+        return max(self.total_s - self.adapter_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class MixedTaskExecutor:
         self.backbone, self.bank = backbone, bank
         self.strategy, self.gather_from_tasks = strategy, gather_from_tasks
         self._plan: BatchPlan | None = None
+        self._clock: ComputeClock | None = None
         self._lock = threading.Lock()  # the taps hold per-batch state: one batch at a time
         self._taps: list[DeltaTap] = [
             parallel_mlp_tap(block, self._delta_fn(index)) for index, block in enumerate(backbone.blocks)
@@ -72,9 +87,9 @@ class MixedTaskExecutor:
             tap.remove()
         self._taps = []
 
-    def plan(self, task_ids: list[str | None]) -> BatchPlan:
+    def plan(self, task_ids: list[str | None], snapshot: Mapping[str, TaskRecord] | None = None) -> BatchPlan:
         """Resolves every row's task against one snapshot of the bank (all versions consistent)."""
-        snapshot = self.bank.snapshot()
+        snapshot = self.bank.snapshot() if snapshot is None else snapshot
         rows_of: dict[str, list[int]] = {}
         for row, task_id in enumerate(task_ids):
             if task_id is None:
@@ -90,19 +105,30 @@ class MixedTaskExecutor:
         )
         return BatchPlan(len(task_ids), groups, gathered)
 
-    @torch.inference_mode()
-    def run(self, images: Tensor, task_ids: list[str | None]) -> list[RowResult]:
+    def run(self, images: Tensor, task_ids: list[str | None],
+            snapshot: Mapping[str, TaskRecord] | None = None) -> list[RowResult]:
         """One forward pass for a batch of preprocessed images whose rows name their tasks."""
+        return self.run_timed(images, task_ids, snapshot)[0]
+
+    @torch.inference_mode()
+    def run_timed(self, images: Tensor, task_ids: list[str | None],
+                  snapshot: Mapping[str, TaskRecord] | None = None) -> tuple[list[RowResult], BatchTimings]:
+        """`run`, plus the batch's compute time split into task-specific work and the shared backbone."""
         if len(images) != len(task_ids):
             raise ValueError(f"{len(images)} images but {len(task_ids)} task ids")
-        plan = self.plan(task_ids)
+        plan = self.plan(task_ids, snapshot)
+        clock = ComputeClock(self.bank.device)
         with self._lock:
-            self._plan = plan
+            self._plan, self._clock = plan, clock
             try:
-                features = self.backbone(images.to(self.bank.device, self.bank.dtype))
+                with clock.section("total"):
+                    features = self.backbone(images.to(self.bank.device, self.bank.dtype))
+                    with clock.section("adapter"):
+                        results = self._heads(plan, features, task_ids)
             finally:
-                self._plan = None
-        return self._heads(plan, features, task_ids)
+                self._plan, self._clock = None, None
+        seconds = clock.seconds()
+        return results, BatchTimings(seconds["total"], seconds.get("adapter", 0.0))
 
     def _heads(self, plan: BatchPlan, features: Tensor, task_ids: list[str | None]) -> list[RowResult]:
         results: list[RowResult | None] = [None] * len(task_ids)
@@ -119,12 +145,13 @@ class MixedTaskExecutor:
         return lambda h: self._block_delta(block, h)
 
     def _block_delta(self, block: int, h: Tensor) -> Tensor | None:
-        plan = self._plan
-        if plan is None or not plan.groups:
+        plan, clock = self._plan, self._clock
+        if plan is None or clock is None or not plan.groups:
             return None
-        if plan.gathered:
-            return self._gathered_delta(plan, block, h)
-        return self._grouped_delta(plan, block, h)
+        with clock.section("adapter"):
+            if plan.gathered:
+                return self._gathered_delta(plan, block, h)
+            return self._grouped_delta(plan, block, h)
 
     def _grouped_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
         out = None

@@ -5,13 +5,18 @@ manifest the same way, then fsyncs the directory. A crash at any point leaves ei
 new manifest, and every file a manifest names is complete, so a restart restores every task that
 was acknowledged at its acknowledged version. Files no manifest names are garbage from a crash
 and are ignored (and removed by `collect_garbage`).
+
+Several processes (the replicas of a served application) may share one store: writers take an
+exclusive `flock` on `.lock`, and readers re-read the manifest whenever it was replaced.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +39,34 @@ class AdapterStore:
         self.root = Path(root)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._entries = self._read_manifest()
+        self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the manifest read last
+        self._entries: dict[str, StoreEntry] = {}
+        self._refresh()
 
-    def _read_manifest(self) -> dict[str, StoreEntry]:
+    @contextmanager
+    def _writing(self):
+        """Excludes other writers, in this process (lock) and in others sharing the directory (flock)."""
+        with self._lock, open(self.root / ".lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                self._refresh()  # another process may have published since we last looked
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _refresh(self) -> None:
         path = self.root / MANIFEST
-        if not path.exists():
-            return {}
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._seen, self._entries = None, {}
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._seen:
+            self._entries, self._seen = self._read_manifest(path), stamp
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, StoreEntry]:
         try:
             raw = json.loads(path.read_text())
             entries = {t: StoreEntry(validate_task_id(t), int(e["version"]), str(e["file"])) for t, e in raw["tasks"].items()}
@@ -52,7 +79,9 @@ class AdapterStore:
         write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
 
     def entries(self) -> dict[str, StoreEntry]:
+        """The live entries, as of the manifest on disk now (other processes may publish too)."""
         with self._lock:
+            self._refresh()
             return dict(self._entries)
 
     def path_of(self, entry: StoreEntry) -> Path:
@@ -61,7 +90,7 @@ class AdapterStore:
     def publish(self, task_id: str, data: bytes) -> StoreEntry:
         """Durably stores a (validated) adapter file as the next version of `task_id`."""
         validate_task_id(task_id)
-        with self._lock:
+        with self._writing():
             previous = self._entries.get(task_id)
             version = previous.version + 1 if previous else 1
             entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
@@ -74,7 +103,7 @@ class AdapterStore:
             return entry
 
     def remove(self, task_id: str) -> StoreEntry | None:
-        with self._lock:
+        with self._writing():
             previous = self._entries.get(task_id)
             if previous is None:
                 return None
@@ -86,7 +115,7 @@ class AdapterStore:
 
     def collect_garbage(self) -> list[Path]:
         """Deletes files no manifest entry names (left by a crash before the manifest was written)."""
-        with self._lock:
+        with self._writing():
             live = {self.root / e.file for e in self._entries.values()}
             stray = [p for p in (self.root / "tasks").rglob("*") if p.is_file() and p not in live]
             for path in stray:

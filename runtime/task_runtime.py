@@ -8,8 +8,9 @@ acknowledged is lost by a restart.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+import threading
+import time
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -17,8 +18,11 @@ from torch import Tensor
 from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.file_format import DEFAULT_MAX_BYTES, load_adapter
 from ..adapters.preprocess import Preprocessor
+from ..adapters.errors import AdapterFileError
+from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
-from .executor import MixedTaskExecutor, RowResult
+from .errors import UnknownTaskError
+from .executor import BatchTimings, MixedTaskExecutor, RowResult
 from .store import AdapterStore
 from .task_ids import BACKBONE_TASK, validate_task_id
 
@@ -37,6 +41,22 @@ class RuntimeConfig:
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
 
 
+@dataclass
+class SyncReport:
+    """What one pass of `TaskRuntime.sync` changed in the bank."""
+
+    loaded: list[tuple[str, int, float]] = field(default_factory=list)  # (task, version, seconds to load and swap)
+    removed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (task, why)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    answers: list[Answer | UnknownTaskError]  # one per row, in order
+    timings: BatchTimings | None  # None when no row could run
+    distinct_tasks: int
+
+
 class TaskRuntime:
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
@@ -47,29 +67,51 @@ class TaskRuntime:
         self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident)
         self.executor = MixedTaskExecutor(self.backbone, self.bank, config.strategy, config.gather_from_tasks)
         self.store = AdapterStore(config.store_dir)
+        self._changes = threading.RLock()  # register/remove/sync: the bank never goes back to an older version
         self.restore()
 
     def restore(self) -> list[str]:
         """Registers every task the store's manifest names; returns the task ids restored."""
-        restored = []
-        for task_id, entry in sorted(self.store.entries().items()):
-            adapter = load_adapter(self.store.path_of(entry), self.info.fingerprint, self.config.max_adapter_bytes)
-            self.bank.register(task_id, adapter, entry.version)
-            restored.append(task_id)
-        return restored
+        report = self.sync()
+        return sorted(task for task, _, _ in report.loaded)
+
+    def sync(self) -> SyncReport:
+        """Makes the bank serve exactly what the store holds (other processes publish to it too)."""
+        report = SyncReport()
+        with self._changes:
+            entries, current = self.store.entries(), self.bank.snapshot()
+            for task_id, entry in sorted(entries.items()):
+                record = current.get(task_id)
+                if record is not None and record.version == entry.version:
+                    continue
+                began = time.perf_counter()
+                try:
+                    adapter = load_adapter(self.store.path_of(entry), self.info.fingerprint, self.config.max_adapter_bytes)
+                    self.bank.register(task_id, adapter, entry.version)
+                except (OSError, AdapterFileError) as exc:  # replaced meanwhile, or damaged on disk
+                    log.error("could not load task %s v%d from the store: %s", task_id, entry.version, exc)
+                    report.failed.append((task_id, str(exc)))
+                    continue
+                report.loaded.append((task_id, entry.version, time.perf_counter() - began))
+            for task_id in sorted(current.keys() - entries.keys()):
+                self.bank.remove(task_id)
+                report.removed.append(task_id)
+        return report
 
     def register(self, task_id: str, data: bytes) -> TaskRecord:
         """Validates an uploaded adapter file, stores it durably, then makes it servable."""
         validate_task_id(task_id)
         adapter = load_adapter(data, self.info.fingerprint, self.config.max_adapter_bytes)
         self.bank.check(adapter)
-        entry = self.store.publish(task_id, data)
-        return self.bank.register(task_id, adapter, entry.version)
+        with self._changes:
+            entry = self.store.publish(task_id, data)
+            return self.bank.register(task_id, adapter, entry.version)
 
     def remove(self, task_id: str) -> bool:
         validate_task_id(task_id)
-        removed = self.store.remove(task_id) is not None
-        return self.bank.remove(task_id) or removed
+        with self._changes:
+            removed = self.store.remove(task_id) is not None
+            return self.bank.remove(task_id) or removed
 
     def tasks(self) -> dict[str, TaskRecord]:
         return dict(self.bank.snapshot())
@@ -79,3 +121,20 @@ class TaskRuntime:
         batch = torch.cat([self.preprocess(image) for image in images])
         rows = [None if t == BACKBONE_TASK else t for t in task_ids]
         return self.executor.run(batch, rows)
+
+    def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
+        """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass."""
+        snapshot = self.bank.snapshot()
+        runnable = [i for i, t in enumerate(task_ids) if t == BACKBONE_TASK or t in snapshot]
+        answers: list[Answer | UnknownTaskError] = [
+            UnknownTaskError(f"task {t!r} is not registered") for t in task_ids
+        ]
+        if not runnable:
+            return BatchOutcome(answers, None, 0)
+        batch = torch.cat([self.preprocess(images[i]) for i in runnable])
+        rows = [None if task_ids[i] == BACKBONE_TASK else task_ids[i] for i in runnable]
+        results, timings = self.executor.run_timed(batch, rows, snapshot)
+        for i, result in zip(runnable, results):
+            record = snapshot.get(task_ids[i])
+            answers[i] = answer_row(task_ids[i], result, record.header.labels if record else None, top_k[i])
+        return BatchOutcome(answers, timings, len(set(rows)))

@@ -1,0 +1,25 @@
+"""What a served row answers: the task's top-k labels with probabilities, or the bare backbone's embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .executor import RowResult
+
+
+@dataclass(frozen=True)
+class Answer:
+    task_id: str
+    version: int | None  # None for the bare backbone
+    top: tuple[tuple[str, float], ...]  # (label, probability), most probable first
+    embedding: tuple[float, ...] | None = None  # the bare backbone's pooled features
+
+
+def answer_row(task_id: str, result: RowResult, labels: tuple[str, ...] | None, top_k: int) -> Answer:
+    if result.version is None or labels is None:
+        return Answer(task_id, None, (), tuple(result.output.float().tolist()))
+    probs = torch.softmax(result.output.float(), dim=-1)
+    values, indices = probs.topk(min(top_k, len(labels)))
+    return Answer(task_id, result.version, tuple((labels[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist())))

@@ -1,0 +1,95 @@
+"""Metric definitions (Prometheus), one registry per process, and the merge of many processes' metrics.
+
+Each serving process records into its own registry; the served application gathers every
+process's exposition text and `merge_expositions` joins them under a `replica` label, so one
+scrape of the service returns the metrics of every replica.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class RequestMetrics:
+    """Per task, recorded where requests enter (the HTTP ingress)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("mosaserve_requests", "Inference requests (images) per task.", ["task"],
+                                registry=registry)
+        self.errors = Counter("mosaserve_request_errors", "Failed inference requests per task and HTTP status.",
+                              ["task", "code"], registry=registry)
+        self.latency = Histogram("mosaserve_request_latency_seconds",
+                                 "End-to-end server-side latency of an inference request, per task.", ["task"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.registration_latency = Histogram(
+            "mosaserve_registration_latency_seconds",
+            "From an adapter upload to its version being servable on every replica.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+
+
+class BatchMetrics:
+    """Per batch and per replica, recorded where batches run."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram("mosaserve_batch_size", "Images per executed batch.",
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.distinct_tasks = Histogram("mosaserve_batch_distinct_tasks",
+                                        "Distinct tasks (adapters) per executed batch, the bare backbone counted as one.",
+                                        buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_wait = Histogram("mosaserve_queue_wait_seconds",
+                                    "From the ingress handing a request on to its batch starting to run.",
+                                    buckets=LATENCY_BUCKETS, registry=registry)
+        self.backbone_seconds = Histogram("mosaserve_batch_backbone_seconds",
+                                          "Compute time of the shared frozen backbone per batch (measured).",
+                                          buckets=COMPUTE_BUCKETS, registry=registry)
+        self.adapter_seconds = Histogram("mosaserve_batch_adapter_seconds",
+                                         "Compute time of task-specific work per batch: adapter branches and heads (measured).",
+                                         buckets=COMPUTE_BUCKETS, registry=registry)
+        self.resident_adapters = Gauge("mosaserve_resident_adapters", "Adapters held on the serving device.",
+                                       registry=registry)
+        self.registered_tasks = Gauge("mosaserve_registered_tasks", "Tasks servable on this replica.",
+                                      registry=registry)
+        self.evictions = Gauge("mosaserve_adapter_evictions", "Adapters evicted from the device since start (LRU).",
+                               registry=registry)
+        self.swaps = Counter("mosaserve_adapter_swaps", "Task versions made servable, or removed, on this replica.",
+                             ["action"], registry=registry)
+        self.swap_seconds = Histogram("mosaserve_swap_latency_seconds",
+                                      "Time to load, validate and swap in one task version on a replica.",
+                                      buckets=LATENCY_BUCKETS, registry=registry)
+        self.store_errors = Counter("mosaserve_store_load_errors", "Stored adapters a replica could not load.",
+                                    registry=registry)
+
+
+def merge_expositions(texts: dict[str, str]) -> bytes:
+    """Joins the exposition texts of several processes, labelling each sample with its process."""
+    families: dict[str, Metric] = {}
+    for source, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            if family.name.endswith("_created"):
+                continue  # creation timestamps of each process: noise once merged
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            merged.samples.extend(
+                Sample(s.name, {**s.labels, "replica": source}, s.value, s.timestamp, s.exemplar) for s in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def exposition(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
