@@ -25,11 +25,16 @@ from .errors import BackboneError
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What to build: a timm model name, its creation kwargs and an optional local checkpoint."""
+    """What to build: a timm model name, its creation kwargs and an optional local checkpoint.
+
+    Without a checkpoint the weights are timm's random init drawn from `seed`, so every process
+    (every serving replica) that builds the same spec gets the same backbone and fingerprint.
+    """
 
     name: str = "vit_tiny_patch16_224"
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,9 @@ def load_checkpoint_into(model: nn.Module, path: str | Path) -> None:
 def build_model(spec: BackboneSpec) -> VisionTransformer:
     """The bare timm ViT of `spec` without a classifier head (forward returns pooled features)."""
     try:
-        model = timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
     except Exception as exc:  # noqa: BLE001 - unknown names and bad kwargs both land here
         raise BackboneError(f"cannot build timm model {spec.name!r} with {spec.kwargs}: {exc}") from exc
     if not isinstance(model, VisionTransformer) or not all(isinstance(b, Block) for b in model.blocks):

@@ -1,0 +1,38 @@
+"""The Ray Serve application: ingress -> replicas (mixed-task batches) + the task board.
+
+`build_app(args)` is the import path of `deploy/serve_config.yaml`; `args` are `ServeConfig` fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from .board import TaskBoard
+from .config import ServeConfig
+from .ingress import Ingress
+from .replica import TaskReplica
+
+
+def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
+    config = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(args)
+    config = _absolute_paths(config)  # replicas may run in another working directory
+    board = TaskBoard.options(name="TaskBoard").bind(forget_after_s=max(5.0, 10 * config.sync_interval_s))
+    replicas = TaskReplica.options(
+        name="TaskReplica",
+        num_replicas=config.replicas,
+        max_ongoing_requests=config.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": 1 if config.device == "cuda" else 0},
+    ).bind(config, board)
+    return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.max_ongoing_requests,
+                           ray_actor_options={"num_cpus": 0}).bind(config, replicas, board)
+
+
+def _absolute_paths(config: ServeConfig) -> ServeConfig:
+    spec = config.backbone
+    if spec.checkpoint is not None:
+        spec = replace(spec, checkpoint=str(Path(spec.checkpoint).resolve()))
+    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()))

@@ -1,0 +1,117 @@
+"""The served application's settings: one dataclass, read from the `args` of a Ray Serve config file.
+
+`deploy/serve_config.yaml` is a plain Ray Serve config (so `serve run` and `serve deploy` take it);
+its application's `args` become a `ServeConfig`. Unknown keys are refused, so a typo never passes
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..adapters.backbone import BackboneSpec
+from ..adapters.file_format import DEFAULT_MAX_BYTES
+from ..adapters.images import DEFAULT_MAX_PIXELS
+from ..runtime.task_runtime import RuntimeConfig
+
+ADMIN_TOKEN_ENV = "MOSASERVE_ADMIN_TOKEN"
+
+
+class ServeConfigError(ValueError):
+    """The application's configuration is invalid."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    store_dir: str = "out/store"
+    replicas: int = 1
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    max_ongoing_requests: int = 128  # Serve's default of 5 would keep batches tiny
+    replica_num_cpus: float = 1.0
+    torch_threads: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_resident: int = 1024
+    strategy: str = "auto"
+    admin_token: str | None = None  # or the MOSASERVE_ADMIN_TOKEN environment variable
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_images_per_request: int = 64
+    max_adapter_bytes: int = DEFAULT_MAX_BYTES
+    default_top_k: int = 5
+    sync_interval_s: float = 0.2
+    registration_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
+                    "max_image_pixels", "max_images_per_request", "max_adapter_bytes", "default_top_k",
+                    "sync_interval_s", "registration_timeout_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.batch_wait_timeout_s < 0 or self.replica_num_cpus < 0:
+            raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
+
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig(backbone=self.backbone, store_dir=str(Path(self.store_dir).resolve()),
+                             device=self.device, dtype=self.dtype, max_resident=self.max_resident,
+                             strategy=self.strategy, max_adapter_bytes=self.max_adapter_bytes)
+
+    def resolved_admin_token(self) -> str | None:
+        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ServeConfig":
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ServeConfigError(f"unknown mosaserve settings: {unknown}; known: {sorted(known)}")
+        if "backbone" in data:
+            data["backbone"] = _backbone_from(data["backbone"])
+        if "store_dir" in data:
+            data["store_dir"] = str(data["store_dir"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ServeConfigError(f"invalid mosaserve settings: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _backbone_from(raw: Any) -> BackboneSpec:
+    if not isinstance(raw, dict) or not set(raw) <= {"name", "kwargs", "checkpoint", "seed"}:
+        raise ServeConfigError(f"backbone must be a mapping with name, kwargs, checkpoint, seed; got {raw!r}")
+    return BackboneSpec(str(raw.get("name", BackboneSpec.name)), dict(raw.get("kwargs") or {}),
+                        raw.get("checkpoint"), int(raw.get("seed", 0)))
+
+
+@dataclass(frozen=True)
+class ServeFile:
+    """What `mosaserve serve --config` takes from a Ray Serve config file."""
+
+    settings: ServeConfig
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+
+
+def read_serve_file(path: str | os.PathLike) -> ServeFile:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ServeConfigError(f"cannot read serve config {path}: {exc}") from exc
+    apps = (doc or {}).get("applications") or []
+    if len(apps) != 1:
+        raise ServeConfigError(f"{path} must describe exactly one application, found {len(apps)}")
+    http = doc.get("http_options") or {}
+    return ServeFile(ServeConfig.from_dict(apps[0].get("args")), str(http.get("host", "127.0.0.1")),
+                     int(http.get("port", 8000)), str(apps[0].get("route_prefix", "/")))

@@ -1,0 +1,190 @@
+"""The HTTP API (FastAPI, OpenAPI docs at /docs): validation, decoding and auth here, model work in replicas."""
+
+
+import asyncio
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from ray import serve
+
+from .. import __version__
+from ..adapters.images import BadImageError, ImageTooLargeError, decode_image
+from ..runtime.errors import InvalidTaskIdError
+from ..runtime.metrics import RequestMetrics, exposition, merge_expositions
+from ..runtime.task_ids import BACKBONE_TASK, validate_task_id
+from .auth import require_admin
+from .config import ServeConfig
+from .errors import ApiError
+from .replica import ChangeReply, PredictItem, RowReply
+from .request_body import images_from_body, read_limited
+
+app = FastAPI(title="mosaserve", version=__version__,
+              description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
+OTHER_TASK = "(other)"  # metric label for ids not (yet) known to be registered: keeps label cardinality bounded
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=headers)
+
+
+# Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
+def _valid_task_id(task_id: str) -> None:
+    try:
+        validate_task_id(task_id)
+    except InvalidTaskIdError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+def _prediction(reply: RowReply) -> dict:
+    answer = reply.answer
+    if answer.embedding is not None:
+        return {"version": None, "embedding": list(answer.embedding), "replica": reply.replica}
+    return {"version": answer.version, "top_k": [{"label": l, "probability": p} for l, p in answer.top],
+            "replica": reply.replica}
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    async def __init__(self, config: ServeConfig, replicas, board) -> None:
+        self.config, self.replicas, self.board = config, replicas, board
+        self.admin_token = config.resolved_admin_token()
+        self.process_id = f"ingress-{serve.get_replica_context().replica_id.unique_id}"
+        self.registry = CollectorRegistry()
+        self.metrics = RequestMetrics(self.registry)
+        self.known_tasks: set[str] = {BACKBONE_TASK}
+        self._reporter = asyncio.get_running_loop().create_task(self._report_metrics())
+
+    async def _report_metrics(self) -> None:
+        """Keeps this process's metrics on the board, so a scrape of any ingress sees them."""
+        while True:
+            try:
+                await self.board.report_metrics.remote(self.process_id, exposition(self.registry))
+            except Exception:  # noqa: BLE001 - the board restarting must not end the loop
+                pass
+            await asyncio.sleep(1.0)
+
+    # --- inference -------------------------------------------------------------------------
+    @app.post("/v1/tasks/{task_id}/predict")
+    async def predict(self, task_id: str, request: Request, top_k: int | None = None) -> JSONResponse:
+        """Classify one image (raw JPEG/PNG body) or several (JSON {"image": b64} or {"images": [b64, ...]})."""
+        began = time.perf_counter()
+        try:
+            body = await self._predict(task_id, request, top_k)
+        except ApiError as exc:
+            label = task_id if task_id in self.known_tasks else OTHER_TASK
+            self.metrics.requests.labels(label).inc()
+            self.metrics.errors.labels(label, str(exc.status)).inc()
+            raise
+        elapsed = time.perf_counter() - began
+        self.known_tasks.add(task_id)
+        self.metrics.requests.labels(task_id).inc()
+        self.metrics.latency.labels(task_id).observe(elapsed)
+        body["latency_ms"] = round(elapsed * 1000, 3)
+        return JSONResponse(body)
+
+    async def _predict(self, task_id: str, request: Request, top_k: int | None) -> dict:
+        if task_id != BACKBONE_TASK:
+            _valid_task_id(task_id)
+        k = self.config.default_top_k if top_k is None else top_k
+        if not 1 <= k <= 1000:
+            raise ApiError(400, f"top_k must be between 1 and 1000, got {k}")
+        raw = await read_limited(request.stream(), request.headers.get("content-length"),
+                                 self.config.max_request_bytes, "request body")
+        encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.max_images_per_request)
+        images = await asyncio.to_thread(self._decode_all, encoded)
+        sent_at = time.time()
+        replies: list[RowReply] = await asyncio.gather(
+            *(self.replicas.predict.remote(PredictItem(image, task_id, k, sent_at)) for image in images)
+        )
+        if any(r.error for r in replies):
+            raise ApiError(404, next(r.error for r in replies if r.error))
+        return {
+            "task_id": task_id,
+            "version": replies[0].answer.version,
+            "predictions": [_prediction(r) for r in replies],
+            "queue_ms": round(max(r.queue_s for r in replies) * 1000, 3),
+        }
+
+    def _decode_all(self, encoded: list[bytes]) -> list:
+        images = []
+        for index, data in enumerate(encoded):
+            try:
+                images.append(decode_image(data, self.config.max_image_pixels))
+            except ImageTooLargeError as exc:
+                raise ApiError(413, f"image {index}: {exc}") from exc
+            except BadImageError as exc:
+                raise ApiError(400, f"image {index}: {exc}") from exc
+        return images
+
+    # --- tasks -----------------------------------------------------------------------------
+    @app.get("/v1/tasks")
+    async def list_tasks(self) -> dict:
+        """Every registered task (and the bare backbone) with version, method, classes and backbone."""
+        return {"tasks": await self.replicas.describe.remote(None)}
+
+    @app.get("/v1/tasks/{task_id}")
+    async def get_task(self, task_id: str) -> dict:
+        if task_id != BACKBONE_TASK:
+            _valid_task_id(task_id)
+        found = await self.replicas.describe.remote(task_id)
+        if found is None:
+            raise ApiError(404, f"task {task_id!r} is not registered")
+        return found
+
+    @app.put("/v1/tasks/{task_id}")
+    async def put_task(self, task_id: str, request: Request) -> JSONResponse:
+        """Register or replace a task: the body is its adapter file (.safetensors). Admin token required."""
+        require_admin(request.headers.get("authorization"), self.admin_token)
+        _valid_task_id(task_id)
+        began = time.perf_counter()
+        data = await read_limited(request.stream(), request.headers.get("content-length"),
+                                  self.config.max_adapter_bytes, "adapter file")
+        if not data:
+            raise ApiError(422, "empty body: upload the adapter file (.safetensors) as the request body")
+        reply: ChangeReply = await self.replicas.register.remote(task_id, data)
+        if not reply.ok:
+            raise ApiError(reply.status, reply.message)
+        self.known_tasks.add(task_id)
+        return await self._answer_change(reply, began, {"task": reply.task})
+
+    @app.delete("/v1/tasks/{task_id}")
+    async def delete_task(self, task_id: str, request: Request) -> JSONResponse:
+        require_admin(request.headers.get("authorization"), self.admin_token)
+        _valid_task_id(task_id)
+        began = time.perf_counter()
+        reply: ChangeReply = await self.replicas.remove.remote(task_id)
+        if not reply.ok:
+            raise ApiError(reply.status, reply.message)
+        self.known_tasks.discard(task_id)
+        return await self._answer_change(reply, began, {"task_id": task_id, "removed": True})
+
+    async def _answer_change(self, reply: ChangeReply, began: float, body: dict) -> JSONResponse:
+        """Answers once every replica serves the change (202 if some did not within the timeout)."""
+        spread = await self.board.wait_until_applied.remote(reply.generation, self.config.registration_timeout_s)
+        elapsed = time.perf_counter() - began
+        everywhere = not spread["pending"]
+        if everywhere:
+            self.metrics.registration_latency.observe(elapsed)
+        body.update(servable_everywhere=everywhere, replicas=len(spread["replicas"]), pending=spread["pending"],
+                    seconds=round(elapsed, 4))
+        return JSONResponse(body, status_code=reply.status if everywhere else 202)
+
+    # --- operations ------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        status = await self.board.status.remote()
+        ready = bool(status["replicas"])
+        return JSONResponse({"status": "ok" if ready else "starting", "replicas": len(status["replicas"])},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus metrics of every process of the application (labelled by replica)."""
+        texts = await self.board.metric_texts.remote()
+        texts[self.process_id] = exposition(self.registry)
+        return Response(merge_expositions(texts), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,186 @@
+"""A serving replica: the shared frozen backbone, the adapter bank, and batches that mix tasks.
+
+`@serve.batch` gathers requests of ANY task into one batch (no per-task split), and the runtime runs
+the backbone once for all of them. A background thread keeps the bank equal to the store: it sends
+a heartbeat to the task board and re-reads the store when the board says something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from prometheus_client import CollectorRegistry
+from ray import serve
+from torch import Tensor
+
+from ..adapters.errors import AdapterFileError
+from ..runtime.answers import Answer
+from ..runtime.errors import InvalidTaskIdError, UnknownTaskError
+from ..runtime.metrics import BatchMetrics, exposition
+from ..runtime.task_ids import BACKBONE_TASK
+from ..runtime.task_runtime import BatchOutcome, SyncReport, TaskRuntime
+from .config import ServeConfig
+from .task_summary import summarize
+
+log = logging.getLogger(__name__)
+METRICS_EVERY_BEATS = 5
+
+
+@dataclass(frozen=True)
+class PredictItem:
+    image: Tensor  # decoded uint8 (3, H, W)
+    task_id: str
+    top_k: int
+    sent_at: float  # wall clock at the ingress, for the queue wait
+
+
+@dataclass(frozen=True)
+class RowReply:
+    answer: Answer | None
+    error: str | None  # the unknown-task message
+    queue_s: float
+    batch_size: int
+    replica: str  # which replica served the row
+
+
+@dataclass(frozen=True)
+class ChangeReply:
+    """What a registration or removal did; `generation` is what every replica must reach."""
+
+    ok: bool
+    status: int
+    message: str
+    generation: int | None = None
+    task: dict | None = None
+
+
+@serve.deployment
+class TaskReplica:
+    async def __init__(self, config: ServeConfig, board) -> None:
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.config, self.board = config, board
+        self.replica_id = f"replica-{serve.get_replica_context().replica_id.unique_id}"
+        self.registry = CollectorRegistry()
+        self.metrics = BatchMetrics(self.registry)
+        # Join the board BEFORE reading the store, so no change announced meanwhile is missed.
+        generation = await board.heartbeat.remote(self.replica_id, None, None)
+        self.runtime = await asyncio.to_thread(TaskRuntime, config.runtime_config())
+        self.metrics.registered_tasks.set(len(self.runtime.tasks()))
+        self.applied = generation
+        self._batched.set_max_batch_size(config.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._stop = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="mosaserve-sync", daemon=True)
+        self._syncer.start()
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    # --- inference -------------------------------------------------------------------------
+    async def predict(self, item: PredictItem) -> RowReply:
+        return await self._batched(item)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[PredictItem]) -> list[RowReply]:
+        started = time.time()
+        outcome = await asyncio.to_thread(
+            self.runtime.serve_batch, [i.image for i in items], [i.task_id for i in items], [i.top_k for i in items]
+        )
+        self._record_batch(items, outcome, started)
+        return [
+            RowReply(a if isinstance(a, Answer) else None, str(a) if isinstance(a, UnknownTaskError) else None,
+                     max(started - item.sent_at, 0.0), len(items), self.replica_id)
+            for item, a in zip(items, outcome.answers)
+        ]
+
+    def _record_batch(self, items: list[PredictItem], outcome: BatchOutcome, started: float) -> None:
+        if outcome.timings is None:
+            return
+        m = self.metrics
+        m.batch_size.observe(len(items))
+        m.distinct_tasks.observe(outcome.distinct_tasks)
+        m.backbone_seconds.observe(outcome.timings.backbone_s)
+        m.adapter_seconds.observe(outcome.timings.adapter_s)
+        for item in items:
+            m.queue_wait.observe(max(started - item.sent_at, 0.0))
+        m.resident_adapters.set(self.runtime.bank.resident_count())
+        m.evictions.set(self.runtime.bank.evictions)
+
+    # --- registration ----------------------------------------------------------------------
+    async def register(self, task_id: str, data: bytes) -> ChangeReply:
+        began = time.perf_counter()
+        try:
+            record = await asyncio.to_thread(self.runtime.register, task_id, data)
+        except InvalidTaskIdError as exc:
+            return ChangeReply(False, 400, str(exc))
+        except AdapterFileError as exc:
+            return ChangeReply(False, 422, str(exc))
+        self.metrics.swap_seconds.observe(time.perf_counter() - began)
+        self.metrics.swaps.labels("register").inc()
+        self.metrics.registered_tasks.set(len(self.runtime.tasks()))
+        generation = await self.board.announce.remote()
+        return ChangeReply(True, 201 if record.version == 1 else 200, "registered", generation, summarize(record))
+
+    async def remove(self, task_id: str) -> ChangeReply:
+        try:
+            removed = await asyncio.to_thread(self.runtime.remove, task_id)
+        except InvalidTaskIdError as exc:
+            return ChangeReply(False, 400, str(exc))
+        if not removed:
+            return ChangeReply(False, 404, f"task {task_id!r} is not registered")
+        self.metrics.swaps.labels("remove").inc()
+        self.metrics.registered_tasks.set(len(self.runtime.tasks()))
+        return ChangeReply(True, 200, "removed", await self.board.announce.remote())
+
+    async def describe(self, task_id: str | None = None) -> list[dict] | dict | None:
+        """Registered tasks as the store holds them now (read through, so never stale)."""
+        report = await asyncio.to_thread(self.runtime.sync)
+        self._record_sync(report)
+        tasks = self.runtime.tasks()
+        if task_id is None:
+            return [self._backbone_summary()] + [summarize(r) for _, r in sorted(tasks.items())]
+        if task_id == BACKBONE_TASK:
+            return self._backbone_summary()
+        return summarize(tasks[task_id]) if task_id in tasks else None
+
+    def _backbone_summary(self) -> dict:
+        info = self.runtime.info
+        return {"task_id": BACKBONE_TASK, "version": None, "method": "none", "num_classes": 0, "labels": [],
+                "backbone": {"name": info.name, "fingerprint": info.fingerprint}, "output": "embedding",
+                "embedding_dim": self.runtime.backbone.num_features}
+
+    # --- keeping up with the store ---------------------------------------------------------
+    def _sync_loop(self) -> None:
+        beats = 0
+        while not self._stop.wait(self.config.sync_interval_s):
+            beats += 1
+            try:
+                text = exposition(self.registry) if beats % METRICS_EVERY_BEATS == 1 else None
+                generation = self._beat(self.applied, text)
+                if generation != self.applied:
+                    self._record_sync(self.runtime.sync())
+                    self.applied = generation
+            except Exception:  # noqa: BLE001 - the loop must survive a board restart or a bad file
+                log.exception("store sync failed; retrying")
+
+    def _beat(self, applied: int | None, metrics_text: str | None) -> int:
+        """From the sync thread (never the event loop): blocks on the board's answer."""
+        return self.board.heartbeat.remote(self.replica_id, applied, metrics_text).result(timeout_s=10)
+
+    def _record_sync(self, report: SyncReport) -> None:
+        for _, _, seconds in report.loaded:
+            self.metrics.swap_seconds.observe(seconds)
+            self.metrics.swaps.labels("register").inc()
+        if report.removed:
+            self.metrics.swaps.labels("remove").inc(len(report.removed))
+        if report.failed:
+            self.metrics.store_errors.inc(len(report.failed))
+        self.metrics.registered_tasks.set(len(self.runtime.tasks()))

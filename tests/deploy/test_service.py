@@ -1,0 +1,232 @@
+"""The served application on a real local Ray cluster: HTTP round trips, live registration, restarts, errors, metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import pytest
+import requests
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from mosaserve.adapters.images import decode_image
+from mosaserve.adapters.preprocess import Preprocessor
+
+from .conftest import APP, deploy, wait_healthy
+
+
+def png(size=(20, 20), color=(120, 40, 200), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else 0).save(out, "PNG")
+    return out.getvalue()
+
+
+def jpeg(size=(24, 18)) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def expected_top(service, model, image_bytes: bytes) -> tuple[str, float]:
+    """What the task's adapted model says, run alone in this process."""
+    with torch.inference_mode():
+        probs = torch.softmax(model(Preprocessor(service.info)(decode_image(image_bytes))), -1)[0]
+    return f"class{int(probs.argmax())}", float(probs.max())
+
+
+def test_register_then_predict_raw_and_json_bodies_match_the_model_run_alone(service):
+    data, model = service.adapter(seed=11, classes=4)
+    r = service.put("flowers", data)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["servable_everywhere"] and body["replicas"] == 2 and body["task"]["version"] == 1
+    assert body["task"]["num_classes"] == 4 and body["task"]["method"] == "mosa"
+
+    image_png, image_jpeg = png(), jpeg()
+    raw = service.predict("flowers", image_png, top_k=2)
+    assert raw.status_code == 200, raw.text
+    answer = raw.json()
+    assert answer["task_id"] == "flowers" and answer["version"] == 1 and answer["latency_ms"] > 0
+    top = answer["predictions"][0]["top_k"]
+    label, prob = expected_top(service, model, image_png)
+    assert len(top) == 2 and top[0]["label"] == label and top[0]["probability"] == pytest.approx(prob, abs=1e-4)
+
+    listed = {"images": [base64.b64encode(b).decode() for b in (image_png, image_jpeg)]}
+    both = requests.post(f"{service.url}/v1/tasks/flowers/predict", json=listed, timeout=60).json()
+    for got, image in zip(both["predictions"], (image_png, image_jpeg)):
+        label, prob = expected_top(service, model, image)
+        assert got["top_k"][0]["label"] == label and got["top_k"][0]["probability"] == pytest.approx(prob, abs=1e-4)
+    single = requests.post(f"{service.url}/v1/tasks/flowers/predict", timeout=60,
+                           json={"image": base64.b64encode(image_jpeg).decode()}).json()
+    assert single["predictions"][0]["top_k"] == both["predictions"][1]["top_k"]
+
+    bare = service.predict("__backbone__", image_png).json()
+    with torch.inference_mode():
+        features = service.backbone(Preprocessor(service.info)(decode_image(image_png)))[0]
+    torch.testing.assert_close(torch.tensor(bare["predictions"][0]["embedding"]), features, atol=1e-4, rtol=1e-4)
+
+
+def test_listing_and_describing_tasks(service):
+    service.put("listed", service.adapter(seed=12, classes=2)[0])
+    tasks = {t["task_id"]: t for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    assert tasks["__backbone__"]["output"] == "embedding"
+    assert tasks["listed"]["labels"] == ["class0", "class1"]
+    assert tasks["listed"]["backbone"]["fingerprint"] == service.info.fingerprint
+    one = requests.get(f"{service.url}/v1/tasks/listed", timeout=30).json()
+    assert one == tasks["listed"]
+
+
+def test_both_replicas_serve_a_task_registered_after_start(service):
+    r = service.put("late", service.adapter(seed=13)[0])
+    assert r.json()["servable_everywhere"] and r.json()["pending"] == []
+    served_by, statuses = set(), []
+    for _ in range(60):  # right after the PUT, every replica must already have it
+        reply = service.predict("late", png())
+        statuses.append(reply.status_code)
+        served_by.add(reply.json()["predictions"][0]["replica"])
+        if len(served_by) == 2:
+            break
+    assert set(statuses) == {200} and len(served_by) == 2
+
+
+def test_replacing_and_adding_tasks_under_load_fails_no_request(service):
+    first, _ = service.adapter(seed=21)
+    service.put("busy", first)
+    stop, failures, versions = threading.Event(), [], []
+    lock = threading.Lock()
+
+    def client(task_id: str):
+        while not stop.is_set():
+            reply = service.predict(task_id, png())
+            with lock:
+                if reply.status_code != 200:
+                    failures.append((reply.status_code, reply.text))
+                else:
+                    versions.append(reply.json()["version"])
+
+    clients = [threading.Thread(target=client, args=(t,)) for t in ("busy", "busy", "__backbone__")]
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(0.5)
+        for seed in range(22, 26):  # four new versions of the busy task, and other tasks arriving
+            assert service.put("busy", service.adapter(seed=seed)[0]).status_code == 200
+            assert service.put(f"extra{seed}", service.adapter(seed=seed)[0]).status_code == 201
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=60)
+    assert failures == []
+    served = [v for v in versions if v is not None]
+    assert len(served) > 10 and max(served) == 5 and len(set(served)) >= 2
+
+
+def test_error_codes_for_bad_requests(service):
+    url = service.url
+    service.put("known", service.adapter(seed=31)[0])
+    assert service.predict("nobody", png()).status_code == 404
+    assert service.predict("bad..id", png()).status_code == 400
+    assert service.predict("known", b"not an image").status_code == 400
+    assert service.predict("known", png()[:40]).status_code == 400  # truncated
+    assert service.predict("known", b"").status_code == 400
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(gif, "GIF")
+    assert service.predict("known", gif.getvalue()).status_code == 400  # not JPEG or PNG
+    assert service.predict("known", png(size=(2000, 1000))).status_code == 413  # over max_image_pixels
+    assert service.predict("known", png(size=(20000, 20000), mode="1")).status_code == 413  # bomb: tiny file
+    assert service.predict("known", b"\0" * (300 * 1024)).status_code == 413  # body over the limit
+    assert service.predict("known", b"{not json", "application/json").status_code == 400
+    assert service.predict("known", b'{"image": "@@@"}', "application/json").status_code == 400
+    five = {"images": [base64.b64encode(png()).decode()] * 5}
+    assert requests.post(f"{url}/v1/tasks/known/predict", json=five, timeout=30).status_code == 413
+    assert service.predict("known", png(), top_k=0).status_code == 400
+    for reply in (service.predict("nobody", png()), service.predict("known", b"x")):
+        assert reply.json()["error"]  # a message, not an empty body
+
+    data, _ = service.adapter(seed=32)
+    assert service.put("x", data, token=None).status_code == 401
+    assert service.put("x", data, token="wrong").status_code == 401
+    assert requests.delete(f"{url}/v1/tasks/known", timeout=30).status_code == 401
+    bad = service.put("x", b"definitely not safetensors")
+    assert bad.status_code == 422 and "safetensors" in bad.json()["error"].lower()
+    other_backbone = data.replace(service.info.fingerprint.encode(), b"0" * 64)
+    assert service.put("x", other_backbone).status_code == 422
+    assert service.put("x", service.adapter(seed=33, method="lora")[0]).status_code == 422
+    assert service.put("bad..id", data).status_code == 400
+    assert requests.get(f"{url}/v1/tasks/x", timeout=30).status_code == 404
+    gone = requests.delete(f"{url}/v1/tasks/known", headers={"Authorization": "Bearer test-admin-token"}, timeout=30)
+    assert gone.status_code == 200 and gone.json()["servable_everywhere"]
+    assert service.predict("known", png()).status_code == 404
+    assert requests.delete(f"{url}/v1/tasks/known", headers={"Authorization": "Bearer test-admin-token"},
+                           timeout=30).status_code == 404
+    assert service.predict("__backbone__", png()).status_code == 200  # still serving
+
+
+def test_mixed_batches_and_metrics_of_every_replica_on_one_endpoint(service):
+    for i in range(3):
+        service.put(f"mix{i}", service.adapter(seed=40 + i)[0])
+    threads = [threading.Thread(target=lambda t=t: [service.predict(t, png()) for _ in range(6)])
+               for t in ("mix0", "mix1", "mix2", "__backbone__") * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    service.predict("nobody", png())
+
+    deadline, families = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:  # replicas report every few heartbeats
+        text = requests.get(f"{service.url}/metrics", timeout=30).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        batch = families.get("mosaserve_batch_size")
+        if batch and len({s.labels["replica"] for s in batch.samples if s.name.endswith("_count") and s.value}) == 2:
+            break
+        time.sleep(0.5)
+
+    def values(name: str, sample: str, **labels) -> list[float]:
+        return [s.value for s in families[name].samples
+                if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    assert sum(values("mosaserve_requests", "mosaserve_requests_total", task="mix0")) >= 6
+    assert sum(values("mosaserve_request_errors", "mosaserve_request_errors_total", code="404")) >= 1
+    assert sum(values("mosaserve_request_latency_seconds", "mosaserve_request_latency_seconds_count", task="mix1")) >= 6
+    for name in ("mosaserve_batch_size", "mosaserve_batch_distinct_tasks", "mosaserve_queue_wait_seconds",
+                 "mosaserve_batch_backbone_seconds", "mosaserve_batch_adapter_seconds", "mosaserve_swap_latency_seconds"):
+        counts = values(name, f"{name}_count")
+        assert len([c for c in counts if c > 0]) == 2, name  # both replicas report
+    adapter, backbone = (sum(values(n, f"{n}_sum")) for n in
+                         ("mosaserve_batch_adapter_seconds", "mosaserve_batch_backbone_seconds"))
+    assert 0 < adapter < backbone  # measured on live batches
+    distinct_sum = sum(values("mosaserve_batch_distinct_tasks", "mosaserve_batch_distinct_tasks_sum"))
+    batches = sum(values("mosaserve_batch_distinct_tasks", "mosaserve_batch_distinct_tasks_count"))
+    assert distinct_sum > batches  # some batches mixed several tasks
+    assert max(values("mosaserve_registered_tasks", "mosaserve_registered_tasks")) >= 3
+    assert sum(values("mosaserve_resident_adapters", "mosaserve_resident_adapters")) >= 1
+    assert sum(values("mosaserve_adapter_swaps", "mosaserve_adapter_swaps_total", action="register")) >= 6
+    assert sum(values("mosaserve_registration_latency_seconds", "mosaserve_registration_latency_seconds_count")) >= 3
+
+
+def test_restarted_application_serves_every_registered_task(service):
+    data, model = service.adapter(seed=51)
+    service.put("durable", data)
+    service.put("durable", data)  # version 2
+    before = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    from ray import serve
+
+    serve.delete(APP)
+    deploy(service.config)
+    wait_healthy(service.url, 2)
+    after = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    assert after == before and after["durable"] == 2
+    answer = service.predict("durable", png()).json()
+    assert answer["version"] == 2
+    assert answer["predictions"][0]["top_k"][0]["label"] == expected_top(service, model, png())[0]
+
+
+def test_openapi_docs_are_served(service):
+    spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
+    assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/predict", "/healthz", "/metrics"} <= set(spec["paths"])
