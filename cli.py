@@ -44,6 +44,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import secrets
+    from dataclasses import replace
+
+    from .deploy.config import ServeConfig, ServeConfigError, ServeFile, read_serve_file
+    from .deploy.launch import run_service
+
+    try:
+        file = read_serve_file(args.config) if args.config else ServeFile(ServeConfig())
+    except ServeConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    settings, sample = file.settings, None
+    if args.demo:
+        from .deploy.demo import prepare_demo, write_samples
+
+        demo = prepare_demo(Path(args.demo_dir), args.demo_epochs, progress=not args.no_progress)
+        settings = replace(settings, backbone=demo.backbone, store_dir=demo.store_dir)
+        sample = write_samples(Path(args.demo_dir) / "samples")[0]
+    token = args.admin_token or settings.resolved_admin_token()
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        print(f"no admin token configured; generated one for this run: {token}")
+    settings = replace(settings, admin_token=token)
+    file = replace(file, settings=settings, host=args.host or file.host, port=args.port or file.port)
+    run_service(file, args.address, sample)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--out", default="out/bench/runtime.json")
     bench.set_defaults(func=_bench)
+    serve = sub.add_parser("serve", help="run the Ray Serve application (HTTP API) until Ctrl-C")
+    serve.add_argument("--config", help="a Ray Serve config file, e.g. deploy/serve_config.yaml")
+    serve.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default from the config: 8000)")
+    serve.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: start a local one")
+    serve.add_argument("--admin-token", help="token for PUT/DELETE (default: MOSASERVE_ADMIN_TOKEN, else generated)")
+    serve.add_argument("--demo", action="store_true", help="serve the demo backbone with demo tasks (trained once)")
+    serve.add_argument("--demo-dir", default="out/demo")
+    serve.add_argument("--demo-epochs", type=int, default=5)
+    serve.add_argument("--no-progress", action="store_true")
+    serve.set_defaults(func=_serve)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

@@ -1,0 +1,129 @@
+"""The HTTP layer's parts without a cluster: image decoding, request bodies, auth, the config file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mosaserve.adapters.images import BadImageError, ImageTooLargeError, decode_image
+from mosaserve.deploy.auth import require_admin
+from mosaserve.deploy.config import ServeConfig, ServeConfigError, read_serve_file
+from mosaserve.deploy.errors import ApiError
+from mosaserve.deploy.request_body import images_from_body, read_limited
+
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "1", "I;16"])
+def test_every_png_mode_becomes_8bit_rgb(mode):
+    pixels = (np.arange(35).reshape(5, 7) * 1800).astype(np.uint16)
+    image = Image.fromarray(pixels) if mode == "I;16" else Image.new(mode, (7, 5))
+    decoded = decode_image(encode(image))
+    assert decoded.shape == (3, 5, 7) and str(decoded.dtype) == "torch.uint8"
+    if mode == "I;16":  # 16-bit grey keeps its top 8 bits instead of clipping at 255
+        assert (decoded[0].numpy() == pixels >> 8).all()
+
+
+def test_cmyk_jpeg_and_rgba_decode_to_rgb():
+    cmyk = decode_image(encode(Image.new("CMYK", (4, 3), (0, 255, 255, 0)), "JPEG"))
+    assert cmyk.shape == (3, 3, 4) and cmyk[0].float().mean() > 200 and cmyk[1].float().mean() < 60  # red
+    rgba = decode_image(encode(Image.new("RGBA", (2, 2), (10, 20, 30, 0))))
+    assert rgba[:, 0, 0].tolist() == [10, 20, 30]  # alpha dropped, colour kept
+
+
+def test_bad_images_are_refused_with_reasons():
+    with pytest.raises(BadImageError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(BadImageError, match="cannot decode"):
+        decode_image(b"GIF89a not really")
+    with pytest.raises(BadImageError, match="unsupported image format GIF"):
+        decode_image(encode(Image.new("RGB", (2, 2)), "GIF"))
+    with pytest.raises(BadImageError):
+        decode_image(encode(Image.new("RGB", (50, 50)))[:60])  # truncated
+    bomb = encode(Image.new("1", (20000, 20000)))
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageTooLargeError, match="400000000 pixels"):
+        decode_image(bomb, max_pixels=25_000_000)
+
+
+async def _chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+def test_bodies_are_read_within_limits():
+    assert asyncio.run(read_limited(_chunks(b"ab", b"cd"), None, 4, "body")) == b"abcd"
+    with pytest.raises(ApiError) as declared:
+        asyncio.run(read_limited(_chunks(b"ab"), "999", 4, "body"))
+    with pytest.raises(ApiError) as streamed:
+        asyncio.run(read_limited(_chunks(b"abc", b"de"), None, 4, "body"))  # a lying or absent length
+    assert declared.value.status == streamed.value.status == 413
+
+
+def test_images_come_raw_or_as_base64_json():
+    png = encode(Image.new("RGB", (2, 2)))
+    b64 = base64.b64encode(png).decode()
+    assert images_from_body(png, "image/png", 4) == [png]
+    assert images_from_body(f'{{"image": "{b64}"}}'.encode(), "application/json; charset=utf-8", 4) == [png]
+    assert images_from_body(f'{{"images": ["{b64}", "{b64}"]}}'.encode(), "application/json", 4) == [png, png]
+    for bad, status in ((b"", 400), (b"{", 400), (b"[]", 400), (b'{"image": 3}', 400), (b'{"images": []}', 400),
+                        (b'{"image": "a", "images": ["a"]}', 400), (b'{"image": "%%%"}', 400),
+                        (f'{{"images": ["{b64}"] }}'.replace(f'"{b64}"', ", ".join([f'"{b64}"'] * 5)).encode(), 413)):
+        with pytest.raises(ApiError) as caught:
+            images_from_body(bad, "application/json", 4)
+        assert caught.value.status == status, bad
+
+
+def test_admin_token_is_required_and_compared_exactly():
+    require_admin("Bearer s3cret", "s3cret")
+    require_admin("bearer s3cret", "s3cret")
+    for header in (None, "", "Bearer", "Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"):
+        with pytest.raises(ApiError) as caught:
+            require_admin(header, "s3cret")
+        assert caught.value.status == 401
+    with pytest.raises(ApiError) as disabled:
+        require_admin("Bearer anything", None)
+    assert disabled.value.status == 403
+
+
+def test_the_shipped_serve_config_builds_the_application():
+    from mosaserve.deploy.app import build_app
+
+    file = read_serve_file(SERVE_CONFIG)
+    assert (file.host, file.port) == ("127.0.0.1", 8000)
+    assert file.settings.backbone.kwargs["img_size"] == 28 and file.settings.replicas == 1
+    app = build_app(file.settings)
+    assert type(app).__name__ == "Application"
+
+
+def test_admin_token_comes_from_config_or_environment(monkeypatch):
+    monkeypatch.delenv("MOSASERVE_ADMIN_TOKEN", raising=False)
+    assert ServeConfig().resolved_admin_token() is None
+    monkeypatch.setenv("MOSASERVE_ADMIN_TOKEN", "from-env")
+    assert ServeConfig().resolved_admin_token() == "from-env"
+    assert ServeConfig(admin_token="from-config").resolved_admin_token() == "from-config"
+
+
+def test_config_refuses_typos_and_bad_values(tmp_path):
+    with pytest.raises(ServeConfigError, match="unknown mosaserve settings"):
+        ServeConfig.from_dict({"replica": 2})
+    with pytest.raises(ServeConfigError, match="max_batch_size must be positive"):
+        ServeConfig.from_dict({"max_batch_size": 0})
+    with pytest.raises(ServeConfigError, match="backbone"):
+        ServeConfig.from_dict({"backbone": {"name": "vit", "weights": "x"}})
+    two_apps = tmp_path / "two.yaml"
+    two_apps.write_text("applications: [{name: a}, {name: b}]\n")
+    with pytest.raises(ServeConfigError, match="exactly one application"):
+        read_serve_file(two_apps)
