@@ -8,12 +8,24 @@ from mosaserve.adapters.errors import BackboneError
 def test_checkpoint_round_trip_keeps_the_fingerprint(tiny_backbone, tiny_spec, tmp_path):
     model, info = tiny_backbone
     save_backbone(model, tmp_path / "bb.safetensors")
-    torch.manual_seed(123)  # different random init: the checkpoint must overwrite it
-    spec = BackboneSpec(tiny_spec.name, tiny_spec.kwargs, str(tmp_path / "bb.safetensors"))
+    # A different random init under the checkpoint: the checkpoint must overwrite all of it.
+    spec = BackboneSpec(tiny_spec.name, tiny_spec.kwargs, str(tmp_path / "bb.safetensors"), seed=123)
     _, loaded = load_backbone(spec)
     assert loaded.fingerprint == info.fingerprint
-    torch.manual_seed(123)
-    assert load_backbone(tiny_spec)[1].fingerprint != info.fingerprint
+
+
+def test_random_init_is_reproducible_from_the_spec_seed_alone(tiny_spec):
+    """Every replica that builds the same spec must get the same backbone, whatever its RNG state."""
+    torch.manual_seed(1)
+    first = load_backbone(tiny_spec)[1].fingerprint
+    state = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    assert load_backbone(tiny_spec)[1].fingerprint == first
+    torch.manual_seed(1)
+    load_backbone(tiny_spec)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
+    other = BackboneSpec(tiny_spec.name, tiny_spec.kwargs, seed=1)
+    assert load_backbone(other)[1].fingerprint != first
 
 
 def test_missing_checkpoint_fails_clearly_without_download(tiny_spec, tmp_path):
