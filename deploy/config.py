@@ -39,6 +39,7 @@ class ServeConfig:
     device: str = "cpu"
     dtype: str = "float32"
     max_resident: int = 1024
+    max_host: int | None = None  # adapters kept in host memory; None: all (the rest re-read from the store)
     strategy: str = "auto"
     admin_token: str | None = None  # or the MOSASERVE_ADMIN_TOKEN environment variable
     max_request_bytes: int = 16 * 1024 * 1024
@@ -56,12 +57,14 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_host is not None and self.max_host <= 0:
+            raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
         if self.batch_wait_timeout_s < 0 or self.replica_num_cpus < 0:
             raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(backbone=self.backbone, store_dir=str(Path(self.store_dir).resolve()),
-                             device=self.device, dtype=self.dtype, max_resident=self.max_resident,
+                             device=self.device, dtype=self.dtype, max_resident=self.max_resident, max_host=self.max_host,
                              strategy=self.strategy, max_adapter_bytes=self.max_adapter_bytes)
 
     def resolved_admin_token(self) -> str | None:

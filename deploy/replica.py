@@ -111,8 +111,11 @@ class TaskReplica:
         m.adapter_seconds.observe(outcome.timings.adapter_s)
         for item in items:
             m.queue_wait.observe(max(started - item.sent_at, 0.0))
-        m.resident_adapters.set(self.runtime.bank.resident_count())
-        m.evictions.set(self.runtime.bank.evictions)
+        bank = self.runtime.bank
+        m.resident_adapters.set(bank.resident_count())
+        m.evictions.set(bank.evictions)
+        m.host_adapters.set(bank.host_count())
+        m.host_reloads.set(bank.host_reloads)
 
     # --- registration ----------------------------------------------------------------------
     async def register(self, task_id: str, data: bytes) -> ChangeReply:

@@ -2,9 +2,12 @@
 
 The task table is copy-on-write: a registration builds a new dict and swaps one reference, so a
 batch that took `snapshot()` sees for every task either the old or the new version, never a mix,
-and a swap never fails a request already planned. Adapters live in host memory (the merged
-adapter of ViT-B at r=16 is about 0.3M parameters, so 10,000 tasks fit) and up to
-`max_resident` of them also on the serving device, least recently used evicted first.
+and a swap never fails a request already planned.
+
+Two tiers, each least-recently-used: up to `max_resident` adapters on the serving device, and up to
+`max_host` in host memory (None: all of them; the merged adapter of ViT-B at r=16 is about 0.3M
+parameters, so 10,000 tasks fit). A task registered from a stored file may leave host memory and
+is read back from that file (validated again) when a batch next needs it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
@@ -20,11 +24,19 @@ from torch import Tensor
 
 from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError, BackboneMismatchError
-from ..adapters.file_format import AdapterFile, AdapterHeader
+from ..adapters.file_format import AdapterFile, AdapterHeader, load_adapter
 from .resident import ResidentAdapter, make_resident
 from .task_ids import validate_task_id
 
-SERVABLE_KINDS = ("bottleneck", "head_only")
+SERVABLE_KINDS = ("bottleneck", "lora", "head_only")
+
+
+class HostCopy:
+    """A version's tensors in host memory; the host LRU may drop them when the stored file can restore them."""
+
+    def __init__(self, tensors: dict[str, Tensor], source: Path | None) -> None:
+        self.tensors: dict[str, Tensor] | None = tensors
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -32,15 +44,18 @@ class TaskRecord:
     task_id: str
     version: int
     header: AdapterHeader
-    tensors: dict[str, Tensor]  # host copy, the merged adapter and head
+    host: HostCopy
 
 
 class AdapterBank:
     def __init__(self, info: BackboneInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_resident: int = 1024) -> None:
-        if max_resident < 1:
-            raise ValueError("max_resident must be at least 1")
+                 max_resident: int = 1024, max_host: int | None = None) -> None:
+        if max_resident < 1 or (max_host is not None and max_host < 1):
+            raise ValueError("max_resident and max_host must be at least 1")
         self.info, self.device, self.dtype, self.max_resident = info, torch.device(device), dtype, max_resident
+        self.max_host = max_host
+        self._host: OrderedDict[tuple[str, int], HostCopy] = OrderedDict()  # LRU order of the host copies
+        self.host_reloads = 0
         self._tasks: Mapping[str, TaskRecord] = MappingProxyType({})
         self._write_lock = threading.Lock()
         self._resident: OrderedDict[tuple[str, int], ResidentAdapter] = OrderedDict()
@@ -56,16 +71,17 @@ class AdapterBank:
             )
         if adapter.header.adapter.kind not in SERVABLE_KINDS:
             raise AdapterFileError(
-                f"method {adapter.header.adapter.method!r} is not servable in mixed batches; serve MoSA, adapter or linear"
+                f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches"
             )
 
-    def register(self, task_id: str, adapter: AdapterFile, version: int) -> TaskRecord:
+    def register(self, task_id: str, adapter: AdapterFile, version: int, source: Path | None = None) -> TaskRecord:
         validate_task_id(task_id)
         self.check(adapter)
-        record = TaskRecord(task_id, version, adapter.header, dict(adapter.tensors))
+        record = TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source))
         with self._write_lock:
             self._tasks = MappingProxyType({**self._tasks, task_id: record})
         self._evict_task(task_id)  # a re-registered task may reuse a version number
+        self._touch_host(record)
         return record
 
     def remove(self, task_id: str) -> bool:
@@ -77,10 +93,36 @@ class AdapterBank:
         return True
 
     def _evict_task(self, task_id: str) -> None:
-        """Drops the device copies of a task's older versions (batches in flight keep their own)."""
+        """Forgets the cached copies of a task's older versions (batches in flight keep their own records)."""
         with self._resident_lock:
-            for key in [k for k in self._resident if k[0] == task_id]:
-                del self._resident[key]
+            for cache in (self._resident, self._host):
+                for key in [k for k in cache if k[0] == task_id]:
+                    del cache[key]
+
+    def _touch_host(self, record: TaskRecord) -> None:
+        """Marks a host copy as just used; beyond `max_host`, drops the oldest that a file can restore."""
+        with self._resident_lock:
+            self._host[(record.task_id, record.version)] = record.host
+            self._host.move_to_end((record.task_id, record.version))
+            if self.max_host is None:
+                return
+            held = [c for c in self._host.values() if c.tensors is not None]  # least recently used first
+            excess = len(held) - self.max_host
+            for host_copy in held:
+                if excess <= 0:
+                    break
+                if host_copy.source is not None:  # copies without a file stay: nothing could restore them
+                    host_copy.tensors = None
+                    excess -= 1
+
+    def _host_tensors(self, record: TaskRecord) -> dict[str, Tensor]:
+        tensors = record.host.tensors
+        if tensors is None:  # left host memory: read back and validate the stored file
+            tensors = dict(load_adapter(record.host.source, self.info.fingerprint).tensors)
+            record.host.tensors = tensors
+            self.host_reloads += 1
+        self._touch_host(record)
+        return tensors
 
     def snapshot(self) -> Mapping[str, TaskRecord]:
         return self._tasks
@@ -93,9 +135,8 @@ class AdapterBank:
             if found is not None:
                 self._resident.move_to_end(key)
                 return found
-        cfg = record.header.adapter
-        adapter = make_resident(record.task_id, record.version, record.tensors,
-                                cfg.resolve_blocks(self.info.depth), cfg.scale, self.device, self.dtype)
+        adapter = make_resident(record.task_id, record.version, self._host_tensors(record), record.header.adapter,
+                                self.info.depth, self.device, self.dtype)
         with self._resident_lock:
             self._resident[key] = adapter
             while len(self._resident) > self.max_resident:
@@ -106,3 +147,8 @@ class AdapterBank:
     def resident_count(self) -> int:
         with self._resident_lock:
             return len(self._resident)
+
+    def host_count(self) -> int:
+        """Task versions whose tensors are in host memory now."""
+        with self._resident_lock:
+            return sum(c.tensors is not None for c in self._host.values())

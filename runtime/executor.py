@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters.bottleneck import LAYER_NORM_EPS
-from ..adapters.taps import DeltaTap, parallel_mlp_tap
+from ..adapters.taps import DeltaTap, parallel_mlp_tap, qkv_tap
 from .bank import AdapterBank, TaskRecord
 from .compute_clock import ComputeClock
 from .errors import UnknownTaskError
@@ -63,6 +63,10 @@ class BatchPlan:
     groups: tuple[TaskGroup, ...]
     gathered: bool
 
+    @property
+    def has_lora(self) -> bool:
+        return any(g.adapter.qkv for g in self.groups)
+
     def covers_all_rows(self, group: TaskGroup) -> bool:
         return len(self.groups) == 1 and len(group.rows) == self.batch_size
 
@@ -79,7 +83,7 @@ class MixedTaskExecutor:
         self._lock = threading.Lock()  # the taps hold per-batch state: one batch at a time
         self._taps: list[DeltaTap] = [
             parallel_mlp_tap(block, self._delta_fn(index)) for index, block in enumerate(backbone.blocks)
-        ]
+        ] + [qkv_tap(block, self._qkv_delta_fn(index)) for index, block in enumerate(backbone.blocks)]
 
     def close(self) -> None:
         """Detaches the executor from the backbone."""
@@ -143,6 +147,27 @@ class MixedTaskExecutor:
 
     def _delta_fn(self, block: int):
         return lambda h: self._block_delta(block, h)
+
+    def _qkv_delta_fn(self, block: int):
+        return lambda x: self._qkv_delta(block, x)
+
+    def _qkv_delta(self, block: int, x: Tensor) -> Tensor | None:
+        """LoRA rows: each task's low-rank qkv update on its own rows (grouped; LoRA tasks are rarer)."""
+        plan, clock = self._plan, self._clock
+        if plan is None or clock is None or not plan.has_lora:
+            return None
+        with clock.section("adapter"):
+            out = None
+            for group in plan.groups:
+                weights = group.adapter.qkv.get(block)
+                if weights is None:
+                    continue
+                if plan.covers_all_rows(group):
+                    return weights(x)
+                rows = weights(x.index_select(0, group.rows))
+                out = torch.zeros(x.shape[:-1] + rows.shape[-1:], dtype=x.dtype, device=x.device) if out is None else out
+                out.index_copy_(0, group.rows, rows)
+            return out
 
     def _block_delta(self, block: int, h: Tensor) -> Tensor | None:
         plan, clock = self._plan, self._clock

@@ -56,6 +56,10 @@ class BatchMetrics:
                                        registry=registry)
         self.registered_tasks = Gauge("mosaserve_registered_tasks", "Tasks servable on this replica.",
                                       registry=registry)
+        self.host_adapters = Gauge("mosaserve_host_adapters", "Adapters held in host memory.", registry=registry)
+        self.host_reloads = Gauge("mosaserve_adapter_host_reloads",
+                                  "Adapters read back from the store after leaving host memory, since start.",
+                                  registry=registry)
         self.evictions = Gauge("mosaserve_adapter_evictions", "Adapters evicted from the device since start (LRU).",
                                registry=registry)
         self.swaps = Counter("mosaserve_adapter_swaps", "Task versions made servable, or removed, on this replica.",

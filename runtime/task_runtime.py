@@ -36,6 +36,7 @@ class RuntimeConfig:
     device: str = "cpu"
     dtype: str = "float32"  # "bfloat16" on a GPU
     max_resident: int = 1024
+    max_host: int | None = None  # adapters kept in host memory; None: all (others are re-read from the store)
     strategy: str = "auto"
     gather_from_tasks: int | None = None  # None: always grouped (measured faster on CPU)
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
@@ -64,7 +65,7 @@ class TaskRuntime:
         dtype = getattr(torch, config.dtype)
         self.backbone = model.to(config.device, dtype)
         self.preprocess = Preprocessor(self.info)
-        self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident)
+        self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident, config.max_host)
         self.executor = MixedTaskExecutor(self.backbone, self.bank, config.strategy, config.gather_from_tasks)
         self.store = AdapterStore(config.store_dir)
         self._changes = threading.RLock()  # register/remove/sync: the bank never goes back to an older version
@@ -87,7 +88,7 @@ class TaskRuntime:
                 began = time.perf_counter()
                 try:
                     adapter = load_adapter(self.store.path_of(entry), self.info.fingerprint, self.config.max_adapter_bytes)
-                    self.bank.register(task_id, adapter, entry.version)
+                    self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
                 except (OSError, AdapterFileError) as exc:  # replaced meanwhile, or damaged on disk
                     log.error("could not load task %s v%d from the store: %s", task_id, entry.version, exc)
                     report.failed.append((task_id, str(exc)))
@@ -105,7 +106,7 @@ class TaskRuntime:
         self.bank.check(adapter)
         with self._changes:
             entry = self.store.publish(task_id, data)
-            return self.bank.register(task_id, adapter, entry.version)
+            return self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
 
     def remove(self, task_id: str) -> bool:
         validate_task_id(task_id)

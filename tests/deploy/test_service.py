@@ -70,6 +70,14 @@ def test_register_then_predict_raw_and_json_bodies_match_the_model_run_alone(ser
     torch.testing.assert_close(torch.tensor(bare["predictions"][0]["embedding"]), features, atol=1e-4, rtol=1e-4)
 
 
+def test_lora_tasks_are_served_beside_mosa_tasks(service):
+    data, model = service.adapter(seed=14, classes=5, method="lora")
+    assert service.put("lora-task", data).status_code == 201
+    answer = service.predict("lora-task", png()).json()
+    label, prob = expected_top(service, model, png())
+    assert answer["predictions"][0]["top_k"][0] == {"label": label, "probability": pytest.approx(prob, abs=1e-4)}
+
+
 def test_listing_and_describing_tasks(service):
     service.put("listed", service.adapter(seed=12, classes=2)[0])
     tasks = {t["task_id"]: t for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
@@ -156,7 +164,8 @@ def test_error_codes_for_bad_requests(service):
     assert bad.status_code == 422 and "safetensors" in bad.json()["error"].lower()
     other_backbone = data.replace(service.info.fingerprint.encode(), b"0" * 64)
     assert service.put("x", other_backbone).status_code == 422
-    assert service.put("x", service.adapter(seed=33, method="lora")[0]).status_code == 422
+    truncated = service.put("x", data[:-100])
+    assert truncated.status_code == 422 and truncated.json()["error"]
     assert service.put("bad..id", data).status_code == 400
     assert requests.get(f"{url}/v1/tasks/x", timeout=30).status_code == 404
     gone = requests.delete(f"{url}/v1/tasks/known", headers={"Authorization": "Bearer test-admin-token"}, timeout=30)

@@ -11,10 +11,11 @@ from mosaserve.runtime.executor import MixedTaskExecutor
 
 from .helpers import adapter_file, random_model
 
-# Tasks with different class counts, ranks, target blocks and a head-only (linear probe) task.
+# Tasks with different class counts, ranks, target blocks, a head-only (linear probe) task and LoRA tasks.
 TASKS = {
     "a": dict(seed=1, classes=3), "b": dict(seed=2, classes=5, r=8), "c": dict(seed=3, classes=2, target_blocks=(1,)),
     "d": dict(seed=4, classes=4, method="linear"), "e": dict(seed=5, classes=7),
+    "f": dict(seed=6, classes=3, method="lora"), "g": dict(seed=7, classes=2, method="lora", r=2, target_blocks=(0, 2)),
 }
 
 
@@ -47,6 +48,8 @@ def reference_rows(references, backbone, images, task_ids):
         ["a", "b", "c", "d", "e", None],  # all tasks and a bare-backbone row
         [None, "e", None, "c", "c", "d"],
         [None, None],
+        ["f"] * 4,  # LoRA alone
+        ["a", "f", "g", "d", None, "f", "g", "b"],  # LoRA mixed with bottleneck adapters, heads and bare rows
     ],
 )
 def test_each_row_equals_its_task_alone(served, strategy, task_ids):
