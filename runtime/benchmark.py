@@ -2,7 +2,8 @@
 
 Every figure is a ratio to backbone-only throughput measured in the same run on the same inputs.
 Baselines a user would otherwise pick: swapping one task's weights into a single adapted model per
-request, and one full model copy per task (memory reported too).
+request, one full model copy per task (memory reported too), and Hugging Face PEFT's mixed-adapter
+batch (`adapter_names`) with LoRA on the same timm model (needs `pip install peft`, the `bench` extra).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -36,14 +38,22 @@ def random_task(backbone, info, method: str, r: int, seed: int, classes: int = 1
     return AdapterFile(header, model.export_tensors()), model
 
 
-def images_per_second(run: Callable[[], object], batch: int, repeats: int) -> float:
-    run()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def images_per_second(scenarios: dict[str, Callable[[], object]], batch: int, rounds: int) -> dict[str, float]:
+    """Best time of each scenario over `rounds`, the scenarios interleaved within each round.
+
+    Interleaving spreads the machine's noise (other tenants, clock changes) over every scenario
+    alike, so the ratios stay meaningful even where absolute speeds drift during the run.
+    """
+    for run in scenarios.values():
+        run()  # warm-up: thread pools, allocator, first touch of the weights
         run()
-        best = min(best, time.perf_counter() - start)
-    return batch / best
+    best = dict.fromkeys(scenarios, float("inf"))
+    for _ in range(rounds):
+        for name, run in scenarios.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: batch / seconds for name, seconds in best.items()}
 
 
 def adapter_flop_share(dim: int, tokens: int, r: int, mlp_ratio: float = 4.0) -> float:
@@ -53,68 +63,101 @@ def adapter_flop_share(dim: int, tokens: int, r: int, mlp_ratio: float = 4.0) ->
 
 
 def bench_model(name: str, batch: int, repeats: int, r: int, num_tasks: int) -> list[dict]:
-    torch.manual_seed(0)
     backbone, info = load_backbone(BackboneSpec(name))
     tasks = [random_task(backbone, info, "mosa", r, seed) for seed in range(num_tasks)]
     standard, _ = random_task(backbone, info, "adapter", r, 999)
-    bank = AdapterBank(info, max_resident=num_tasks + 1)
-    for i, (file, _) in enumerate(tasks):
-        bank.register(f"t{i}", file, version=1)
+    lora_tasks = [random_task(backbone, info, "lora", r, 2000 + seed) for seed in range(min(32, num_tasks))]
+    bank = AdapterBank(info, max_resident=num_tasks + len(lora_tasks) + 1)
+    for prefix, group in (("t", tasks), ("lora", lora_tasks)):
+        for i, (file, _) in enumerate(group):
+            bank.register(f"{prefix}{i}", file, version=1)
     bank.register("standard", standard, version=1)
     images = torch.randn(batch, 3, *info.input_size[1:])
+    # Baselines are built before the executor hooks into the shared backbone, so no copy carries its taps.
+    plain = copy.deepcopy(backbone)
+    scenarios: dict[str, Callable[[], object]] = {"backbone only": lambda: plain(images)}
+    peft_label, peft_run = _peft_mixed_batch(backbone, r, len(lora_tasks), images)
     active = MixedTaskExecutor(backbone, bank)
-    rows: list[dict] = []
-
-    def record(scenario: str, ips: float, **extra) -> None:
-        rows.append({"model": name, "scenario": scenario, "images_per_s": ips, **extra})
-
-    record("backbone only", images_per_second(lambda: active.run(images, [None] * batch), batch, repeats))
+    # The executor's hooks with nothing to add: what the taps themselves cost.
+    scenarios["bare rows through the executor"] = partial(_run_with, active, "grouped", images, [None] * batch)
     for label, ids in [("1 task (standard adapter)", ["standard"] * batch), ("1 task (MoSA)", ["t0"] * batch),
                        ("8 tasks", [f"t{i % 8}" for i in range(batch)]),
                        (f"{min(32, num_tasks)} tasks", [f"t{i % min(32, num_tasks)}" for i in range(batch)]),
                        ("all rows distinct", [f"t{i % num_tasks}" for i in range(batch)])]:
         for strategy in ("grouped", "gathered"):
-            active.strategy = strategy
-            record(f"{label} [{strategy}]", images_per_second(lambda: active.run(images, ids), batch, repeats))
+            scenarios[f"{label} [{strategy}]"] = partial(_run_with, active, strategy, images, ids)
+    lora_ids = [f"lora{i % len(lora_tasks)}" for i in range(batch)]
+    scenarios[f"{len(lora_tasks)} LoRA tasks [grouped]"] = partial(_run_with, active, "grouped", images, lora_ids)
+    if peft_run is not None:
+        scenarios[peft_label] = peft_run
+    scenarios[f"baseline: swap weights per request ({num_tasks} tasks)"] = _swap_per_request(tasks, images)
+    per_task_label, per_task_run, memory = _model_per_task(tasks, images)
+    scenarios[per_task_label] = per_task_run
+    with torch.inference_mode():
+        speeds = images_per_second(scenarios, batch, repeats)
     active.close()
-    record(*_swap_per_request(tasks, images, repeats))
-    label, ips, memory = _model_per_task(tasks, images, repeats)
-    record(label, ips, weights_bytes=memory)
-    base = rows[0]["images_per_s"]
     tokens = backbone.patch_embed.num_patches + backbone.num_prefix_tokens
-    for row in rows:
-        row["ratio_to_backbone"] = row["images_per_s"] / base
-        row["adapter_flop_share"] = adapter_flop_share(backbone.num_features, tokens, r)
+    share = adapter_flop_share(backbone.num_features, tokens, r)
+    rows = [{"model": name, "scenario": label, "images_per_s": ips, "ratio_to_backbone": ips / speeds["backbone only"],
+             "adapter_flop_share": share, **({"weights_bytes": memory} if label == per_task_label else {})}
+            for label, ips in speeds.items()]
+    if peft_run is None:
+        rows.append({"model": name, "scenario": peft_label, "images_per_s": float("nan"),
+                     "ratio_to_backbone": float("nan"), "adapter_flop_share": share})
     return rows
 
 
-def _swap_per_request(tasks, images, repeats) -> tuple[str, float]:
+def _run_with(executor: MixedTaskExecutor, strategy: str, images, ids) -> None:
+    executor.strategy = strategy
+    executor.run(images, ids)
+
+
+def _swap_per_request(tasks, images) -> Callable[[], None]:
     """One adapted model; each request loads its task's weights, then runs alone (batch 1)."""
     model = tasks[0][1]
     files = [f for f, _ in tasks]
 
     def run() -> None:
-        with torch.inference_mode():
-            for row in range(len(images)):
-                model.load_tensors(files[row % len(files)].tensors)
-                model(images[row : row + 1])
+        for row in range(len(images)):
+            model.load_tensors(files[row % len(files)].tensors)
+            model(images[row : row + 1])
 
-    return f"baseline: swap weights per request ({len(files)} tasks)", images_per_second(run, len(images), repeats)
+    return run
 
 
-def _model_per_task(tasks, images, repeats) -> tuple[str, float, int]:
+def _peft_mixed_batch(backbone, r: int, num_tasks: int, images) -> tuple[str, Callable[[], object] | None]:
+    """PEFT LoRA on qkv with a per-task head, every row naming its adapter (`adapter_names`)."""
+    label = f"baseline: PEFT mixed LoRA batch ({num_tasks} tasks)"
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        return f"{label}: skipped, pip install peft", None
+    model = copy.deepcopy(backbone)
+    model.reset_classifier(10)  # a head per task through modules_to_save, as a PEFT user would do it
+    config = LoraConfig(r=r, lora_alpha=r, target_modules=["qkv"], modules_to_save=["head"])
+    peft_model = get_peft_model(model, config, adapter_name="t0")
+    for i in range(1, num_tasks):
+        peft_model.add_adapter(f"t{i}", config)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero; give every adapter real weights
+            torch.nn.init.normal_(parameter, std=0.02)
+    peft_model.eval()
+    names = [f"t{i % num_tasks}" for i in range(len(images))]
+
+    return label, lambda: peft_model(images, adapter_names=names)
+
+
+def _model_per_task(tasks, images) -> tuple[str, Callable[[], None], int]:
     """One full model per task; rows grouped per task, each task's model runs its rows."""
     models = [m for _, m in tasks]
     per_task = max(1, len(images) // len(models))
 
     def run() -> None:
-        with torch.inference_mode():
-            for i, model in enumerate(models):
-                model(images[i * per_task : (i + 1) * per_task])
+        for i, model in enumerate(models):
+            model(images[i * per_task : (i + 1) * per_task])
 
     memory = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
-    return (f"baseline: one model per task ({len(models)} tasks)", images_per_second(run, len(images), repeats),
-            memory)
+    return f"baseline: one model per task ({len(models)} tasks)", run, memory
 
 
 def format_table(rows: list[dict]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -157,17 +157,7 @@ class MixedTaskExecutor:
         if plan is None or clock is None or not plan.has_lora:
             return None
         with clock.section("adapter"):
-            out = None
-            for group in plan.groups:
-                weights = group.adapter.qkv.get(block)
-                if weights is None:
-                    continue
-                if plan.covers_all_rows(group):
-                    return weights(x)
-                rows = weights(x.index_select(0, group.rows))
-                out = torch.zeros(x.shape[:-1] + rows.shape[-1:], dtype=x.dtype, device=x.device) if out is None else out
-                out.index_copy_(0, group.rows, rows)
-            return out
+            return _grouped(plan, x, lambda adapter: adapter.qkv.get(block))
 
     def _block_delta(self, block: int, h: Tensor) -> Tensor | None:
         plan, clock = self._plan, self._clock
@@ -176,19 +166,7 @@ class MixedTaskExecutor:
         with clock.section("adapter"):
             if plan.gathered:
                 return self._gathered_delta(plan, block, h)
-            return self._grouped_delta(plan, block, h)
-
-    def _grouped_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
-        out = None
-        for group in plan.groups:
-            weights = group.adapter.blocks.get(block)
-            if weights is None:
-                continue
-            if plan.covers_all_rows(group):
-                return weights(h)
-            out = torch.zeros_like(h) if out is None else out
-            out.index_copy_(0, group.rows, weights(h.index_select(0, group.rows)))
-        return out
+            return _grouped(plan, h, lambda adapter: adapter.blocks.get(block))
 
     def _gathered_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
         stacks = gather_block_weights(plan, block, h)
@@ -201,6 +179,22 @@ class MixedTaskExecutor:
         delta = scale * torch.baddbmm(up_b, z, up_w.transpose(1, 2))
         out = torch.empty_like(h) if len(rows) == plan.batch_size else torch.zeros_like(h)
         return out.index_copy_(0, rows, delta)
+
+
+def _grouped(plan: BatchPlan, x: Tensor, weights_of: Callable[[ResidentAdapter], Callable[[Tensor], Tensor] | None]
+             ) -> Tensor | None:
+    """Each task's delta on its own rows (index_select / index_copy); rows without one stay zero."""
+    out = None
+    for group in plan.groups:
+        weights = weights_of(group.adapter)
+        if weights is None:
+            continue
+        if plan.covers_all_rows(group):
+            return weights(x)
+        rows = weights(x.index_select(0, group.rows))
+        out = x.new_zeros(x.shape[:-1] + rows.shape[-1:]) if out is None else out
+        out.index_copy_(0, group.rows, rows)
+    return out
 
 
 def _padded(weights: BlockWeights, r: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,7 +21,7 @@ class RequestMetrics:
     """Per task, recorded where requests enter (the HTTP ingress)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("mosaserve_requests", "Inference requests (images) per task.", ["task"],
+        self.requests = Counter("mosaserve_requests", "Inference requests per task (one per HTTP call, whatever its image count).", ["task"],
                                 registry=registry)
         self.errors = Counter("mosaserve_request_errors", "Failed inference requests per task and HTTP status.",
                               ["task", "code"], registry=registry)

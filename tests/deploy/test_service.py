@@ -62,7 +62,9 @@ def test_register_then_predict_raw_and_json_bodies_match_the_model_run_alone(ser
         assert got["top_k"][0]["label"] == label and got["top_k"][0]["probability"] == pytest.approx(prob, abs=1e-4)
     single = requests.post(f"{service.url}/v1/tasks/flowers/predict", timeout=60,
                            json={"image": base64.b64encode(image_jpeg).decode()}).json()
-    assert single["predictions"][0]["top_k"] == both["predictions"][1]["top_k"]
+    # The same image in batches of other sizes: equal up to float rounding, not bit for bit.
+    for got, want in zip(single["predictions"][0]["top_k"], both["predictions"][1]["top_k"]):
+        assert got["label"] == want["label"] and got["probability"] == pytest.approx(want["probability"], abs=1e-4)
 
     bare = service.predict("__backbone__", image_png).json()
     with torch.inference_mode():

@@ -189,3 +189,24 @@ def test_host_tier_is_lru_bounded_and_reloads_from_the_stored_files(tiny_backbon
             assert bank.host_count() <= 2
     assert bank.host_reloads >= 7  # round robin over 4 tasks with one free host slot: all but one run reload
     assert bank.snapshot()["pinned"].host.tensors is not None
+
+
+def test_thousands_of_tasks_in_one_bank_with_a_small_device_tier(tiny_backbone):
+    """2,000 registered tasks, 16 on the device: a batch drawing on many of them still runs row by row right."""
+    backbone, info = tiny_backbone
+    templates = [random_model(copy.deepcopy(backbone), seed=s) for s in range(4)]
+    files = [adapter_file(m, info) for m in templates]
+    bank = AdapterBank(info, max_resident=16)
+    for i in range(2000):
+        bank.register(f"task{i:04d}", files[i % 4], version=1)
+    assert len(bank.snapshot()) == 2000
+    images = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = [templates[i % 4](images[i : i + 1])[0] for i in range(32)]
+    for m in templates:
+        m.remove_taps()
+    ids = [f"task{(i * 61) // 4 * 4 + i % 4:04d}" for i in range(32)]  # 32 distinct tasks, template i % 4
+    results = MixedTaskExecutor(backbone, bank).run(images, ids)
+    for result, want in zip(results, expected):
+        torch.testing.assert_close(result.output, want, rtol=1e-5, atol=1e-5)
+    assert bank.resident_count() == 16 and bank.evictions == 16
