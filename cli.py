@@ -73,6 +73,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .adapters.animal_mnist import load_animal_mnist
+    from .adapters.embedded import EMBEDDED_ARCHITECTURE, EMBEDDED_CHECKPOINT
+    from .adapters.pretraining import PretrainConfig, pretrain, save_embedded
+
+    cfg = PretrainConfig(epochs=args.epochs, seed=args.seed)
+    report = lambda row: print(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "  # noqa: E731
+                               f"val acc {row['val_accuracy']:.2%}  {row['seconds']:.0f} s", flush=True)
+    backbone, result = pretrain(EMBEDDED_ARCHITECTURE, load_animal_mnist(), cfg, on_epoch=report)
+    path = save_embedded(backbone, Path(args.out or EMBEDDED_CHECKPOINT), EMBEDDED_ARCHITECTURE, cfg, result)
+    print(f"written: {path} (val accuracy {result.val_accuracy:.2%}, {result.seconds:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo-epochs", type=int, default=5)
     serve.add_argument("--no-progress", action="store_true")
     serve.set_defaults(func=_serve)
+    pre = sub.add_parser("pretrain-backbone", help="rebuild the embedded default backbone (needs animal-mnist)")
+    pre.add_argument("--epochs", type=int, default=15)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")
+    pre.set_defaults(func=_pretrain)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

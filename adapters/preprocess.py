@@ -15,6 +15,26 @@ from torch import Tensor
 
 from .backbone import BackboneInfo
 
+MAX_ASPECT = 4  # longer side kept up to 4x the shorter one; the centre crop never reaches further
+
+
+def _limit_aspect(batch: Tensor, max_aspect: int) -> Tensor:
+    """Centre-crops the longer side to `max_aspect` times the shorter one before resizing.
+
+    Resizing scales the shorter side to the input size, so a 1 x 100,000 image would otherwise be
+    resized to tens of millions of pixels (gigabytes) only to keep its centre. Up to 4:1 nothing
+    changes; beyond, the cut-away parts lie far outside the final crop.
+    """
+    height, width = batch.shape[-2:]
+    if height > max_aspect * width:
+        top = (height - max_aspect * width) // 2
+        return batch[..., top : top + max_aspect * width, :]
+    if width > max_aspect * height:
+        left = (width - max_aspect * height) // 2
+        return batch[..., left : left + max_aspect * height]
+    return batch
+
+
 _INTERPOLATION = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
 
 
@@ -45,6 +65,7 @@ class Preprocessor:
         return batch
 
     def _resize_and_crop(self, batch: Tensor) -> Tensor:
+        batch = _limit_aspect(batch, MAX_ASPECT)
         height, width = batch.shape[-2:]
         scale = max(self.height, self.width) / self.crop_pct / min(height, width)
         new_h, new_w = max(self.height, math.floor(height * scale)), max(self.width, math.floor(width * scale))

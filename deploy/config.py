@@ -8,13 +8,14 @@ silently.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..adapters.backbone import BackboneSpec
+from ..adapters.embedded import EMBEDDED_BACKBONE, EMBEDDED_CHECKPOINT
 from ..adapters.file_format import DEFAULT_MAX_BYTES
 from ..adapters.images import DEFAULT_MAX_PIXELS
 from ..runtime.task_runtime import RuntimeConfig
@@ -28,7 +29,7 @@ class ServeConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    backbone: BackboneSpec = EMBEDDED_BACKBONE
     store_dir: str = "out/store"
     replicas: int = 1
     max_batch_size: int = 32
@@ -91,10 +92,14 @@ class ServeConfig:
 
 
 def _backbone_from(raw: Any) -> BackboneSpec:
+    """A mapping of BackboneSpec fields; `checkpoint: embedded` names the checkpoint shipped in the package."""
+    if raw == "embedded":
+        return EMBEDDED_BACKBONE
     if not isinstance(raw, dict) or not set(raw) <= {"name", "kwargs", "checkpoint", "seed"}:
-        raise ServeConfigError(f"backbone must be a mapping with name, kwargs, checkpoint, seed; got {raw!r}")
+        raise ServeConfigError(f"backbone must be 'embedded' or a mapping with name, kwargs, checkpoint, seed; got {raw!r}")
+    checkpoint = raw.get("checkpoint")
     return BackboneSpec(str(raw.get("name", BackboneSpec.name)), dict(raw.get("kwargs") or {}),
-                        raw.get("checkpoint"), int(raw.get("seed", 0)))
+                        str(EMBEDDED_CHECKPOINT) if checkpoint == "embedded" else checkpoint, int(raw.get("seed", 0)))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """The served demo: the demo backbone plus a few tasks trained on real digits, and sample images to send.
 
-Tasks are trained once (about a minute each on 2 CPU cores) and kept in `out/demo`; later starts
-reuse them. Until the pretrained embedded backbone exists (issue 5), the demo backbone is the
-seeded random ViT of `mosaserve train`, so the demo shows the serving path, not accuracy.
+Tasks are trained once (about half a minute each on 2 CPU cores) and kept in `out/demo`; later
+starts reuse them, unless they were trained on another backbone (then they are trained again).
 """
 
 from __future__ import annotations
@@ -11,7 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..adapters.backbone import load_backbone
 from ..adapters.datasets import load_builtin, train_test_split
+from ..adapters.errors import AdapterFileError
+from ..adapters.file_format import load_adapter
 from ..adapters.demo import DEMO_BACKBONE, run_demo
 from ..adapters.training import TrainConfig
 from ..runtime.store import AdapterStore
@@ -23,16 +25,27 @@ DEMO_TASKS = (("mnist", "mosa", "mnist"), ("mnist", "adapter", "mnist-adapter"),
 def prepare_demo(out_dir: Path, epochs: int = 5, progress: bool = True) -> ServeConfig:
     """Trains the missing demo tasks, puts them in the demo store, writes sample images."""
     store = AdapterStore(out_dir / "store")
+    fingerprint = load_backbone(DEMO_BACKBONE)[1].fingerprint
     for dataset, method, task_id in DEMO_TASKS:
-        if task_id in store.entries():
+        entry = store.entries().get(task_id)
+        if entry is not None and _fits(store.path_of(entry), fingerprint):
             continue
         file = out_dir / f"{dataset}-{method}.safetensors"
-        if not file.exists():
+        if not _fits(file, fingerprint):
             print(f"training demo task {task_id!r} ({method} on {dataset}, {epochs} epochs)...", flush=True)
             run_demo(out_dir, (method,), dataset, test_size=500, train_cfg=TrainConfig(epochs=epochs), progress=progress)
         store.publish(task_id, file.read_bytes())
     write_samples(out_dir / "samples")
     return ServeConfig(backbone=DEMO_BACKBONE, store_dir=str(out_dir / "store"))
+
+
+def _fits(path: Path, fingerprint: str) -> bool:
+    """Whether `path` is a valid adapter file for the backbone with this fingerprint."""
+    try:
+        load_adapter(path, fingerprint)
+    except (OSError, AdapterFileError):
+        return False
+    return True
 
 
 def write_samples(folder: Path) -> list[Path]:

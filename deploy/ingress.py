@@ -101,8 +101,9 @@ class Ingress:
         replies: list[RowReply] = await asyncio.gather(
             *(self.replicas.predict.remote(PredictItem(image, task_id, k, sent_at)) for image in images)
         )
-        if any(r.error for r in replies):
-            raise ApiError(404, next(r.error for r in replies if r.error))
+        failed = next((r for r in replies if r.error), None)
+        if failed is not None:
+            raise ApiError(failed.status, failed.error)
         return {
             "task_id": task_id,
             "version": replies[0].answer.version,

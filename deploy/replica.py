@@ -42,7 +42,8 @@ class PredictItem:
 @dataclass(frozen=True)
 class RowReply:
     answer: Answer | None
-    error: str | None  # the unknown-task message
+    error: str | None  # why there is no answer
+    status: int  # HTTP status for the row: 200, 404 unknown task, 500 a failure of ours
     queue_s: float
     batch_size: int
     replica: str  # which replica served the row
@@ -72,6 +73,7 @@ class TaskReplica:
         generation = await board.heartbeat.remote(self.replica_id, None, None)
         self.runtime = await asyncio.to_thread(TaskRuntime, config.runtime_config())
         self.metrics.registered_tasks.set(len(self.runtime.tasks()))
+        self.metrics.store_errors.inc(len(self.runtime.restored.failed))
         self.applied = generation
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
@@ -91,15 +93,30 @@ class TaskReplica:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[PredictItem]) -> list[RowReply]:
         started = time.time()
-        outcome = await asyncio.to_thread(
-            self.runtime.serve_batch, [i.image for i in items], [i.task_id for i in items], [i.top_k for i in items]
-        )
+        try:
+            outcome = await asyncio.to_thread(self._serve, items)
+        except Exception:  # noqa: BLE001 - one bad row must not fail its batch: retry the rows one by one
+            log.exception("batch of %d failed; serving its rows one by one", len(items))
+            return [await self._serve_alone(item, started) for item in items]
         self._record_batch(items, outcome, started)
-        return [
-            RowReply(a if isinstance(a, Answer) else None, str(a) if isinstance(a, UnknownTaskError) else None,
-                     max(started - item.sent_at, 0.0), len(items), self.replica_id)
-            for item, a in zip(items, outcome.answers)
-        ]
+        return [self._reply(item, answer, started, len(items)) for item, answer in zip(items, outcome.answers)]
+
+    def _serve(self, items: list[PredictItem]) -> BatchOutcome:
+        return self.runtime.serve_batch([i.image for i in items], [i.task_id for i in items], [i.top_k for i in items])
+
+    async def _serve_alone(self, item: PredictItem, started: float) -> RowReply:
+        try:
+            outcome = await asyncio.to_thread(self._serve, [item])
+        except Exception as exc:  # noqa: BLE001 - reported to this request only
+            log.exception("request for task %s failed", item.task_id)
+            return RowReply(None, f"inference failed: {type(exc).__name__}", 500, 0.0, 1, self.replica_id)
+        return self._reply(item, outcome.answers[0], started, 1)
+
+    def _reply(self, item: PredictItem, answer: Answer | UnknownTaskError, started: float, size: int) -> RowReply:
+        queue_s = max(started - item.sent_at, 0.0)
+        if isinstance(answer, UnknownTaskError):
+            return RowReply(None, str(answer), 404, queue_s, size, self.replica_id)
+        return RowReply(answer, None, 200, queue_s, size, self.replica_id)
 
     def _record_batch(self, items: list[PredictItem], outcome: BatchOutcome, started: float) -> None:
         if outcome.timings is None:

@@ -69,12 +69,7 @@ class TaskRuntime:
         self.executor = MixedTaskExecutor(self.backbone, self.bank, config.strategy, config.gather_from_tasks)
         self.store = AdapterStore(config.store_dir)
         self._changes = threading.RLock()  # register/remove/sync: the bank never goes back to an older version
-        self.restore()
-
-    def restore(self) -> list[str]:
-        """Registers every task the store's manifest names; returns the task ids restored."""
-        report = self.sync()
-        return sorted(task for task, _, _ in report.loaded)
+        self.restored = self.sync()  # every task the store names; `failed` lists those that could not load
 
     def sync(self) -> SyncReport:
         """Makes the bank serve exactly what the store holds (other processes publish to it too)."""

@@ -37,3 +37,15 @@ def test_missing_checkpoint_fails_clearly_without_download(tiny_spec, tmp_path):
 def test_non_vit_model_is_refused():
     with pytest.raises(BackboneError, match="not a timm VisionTransformer"):
         load_backbone(BackboneSpec("resnet18", {}))
+
+
+def test_the_embedded_default_backbone_ships_in_the_package_and_is_pretrained():
+    from mosaserve.adapters.embedded import EMBEDDED_BACKBONE, EMBEDDED_CHECKPOINT
+
+    assert EMBEDDED_CHECKPOINT.stat().st_size < 8 * 1024 * 1024  # small enough to commit
+    model, info = load_backbone(EMBEDDED_BACKBONE)
+    assert info.input_size == (3, 28, 28) and model.num_classes == 0
+    random_init, _ = load_backbone(BackboneSpec(EMBEDDED_BACKBONE.name, EMBEDDED_BACKBONE.kwargs))
+    # Trained weights differ from timm's init everywhere, not just in a few tensors.
+    changed = [not torch.allclose(a, b) for a, b in zip(model.state_dict().values(), random_init.state_dict().values())]
+    assert sum(changed) > 0.9 * len(changed)

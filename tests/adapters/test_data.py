@@ -41,3 +41,15 @@ def test_preprocess_drops_alpha_and_crops_the_centre():
     out = Preprocessor(INFO)(rgba)[0]
     assert out.shape == (3, 16, 16)
     assert out[0, 8, 8] > 1.5 and out[0, 8, 0] < -1.5  # the band is centred, the borders dark
+
+
+def test_extreme_aspect_ratios_are_cropped_before_resizing():
+    """A 2 x 200,000 strip must not be resized to 16 x 1.6M floats first; its centre still comes out."""
+    strip = torch.zeros(3, 2, 200_000, dtype=torch.uint8)
+    strip[:, :, 99_999:100_001] = 255  # a white mark in the middle
+    out = Preprocessor(INFO)(strip)[0]
+    assert out.shape == (3, 16, 16) and out[0].max() > 1.5
+    square = torch.randint(0, 256, (3, 12, 40), dtype=torch.uint8)  # up to 4:1: untouched by the guard
+    from mosaserve.adapters.preprocess import _limit_aspect
+
+    assert _limit_aspect(square[None], 4).shape[-1] == 40 and _limit_aspect(strip[None], 4).shape[-1] == 8

@@ -101,8 +101,11 @@ def test_admin_token_is_required_and_compared_exactly():
 def test_the_shipped_serve_config_builds_the_application():
     from mosaserve.deploy.app import build_app
 
+    from mosaserve.adapters.embedded import EMBEDDED_BACKBONE
+
     file = read_serve_file(SERVE_CONFIG)
     assert (file.host, file.port) == ("127.0.0.1", 8000)
+    assert file.settings.backbone == EMBEDDED_BACKBONE == ServeConfig().backbone  # the embedded default
     assert file.settings.backbone.kwargs["img_size"] == 28 and file.settings.replicas == 1
     app = build_app(file.settings)
     assert type(app).__name__ == "Application"
@@ -123,6 +126,8 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
         ServeConfig.from_dict({"max_batch_size": 0})
     with pytest.raises(ServeConfigError, match="backbone"):
         ServeConfig.from_dict({"backbone": {"name": "vit", "weights": "x"}})
+    custom = ServeConfig.from_dict({"backbone": {"name": "vit_base_patch16_224", "checkpoint": "/models/b16.safetensors"}})
+    assert custom.backbone.checkpoint == "/models/b16.safetensors" and custom.backbone.kwargs == {}
     two_apps = tmp_path / "two.yaml"
     two_apps.write_text("applications: [{name: a}, {name: b}]\n")
     with pytest.raises(ServeConfigError, match="exactly one application"):

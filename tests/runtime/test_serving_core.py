@@ -50,6 +50,8 @@ def test_a_damaged_stored_file_is_reported_and_the_other_tasks_still_load(shared
     report = second.sync()
     assert [t for t, _, _ in report.loaded] == ["b"]
     assert report.failed[0][0] == "a" and "a" not in second.tasks()
+    restarted = TaskRuntime(first.config)  # a restart reports it too, and serves the rest
+    assert [t for t, _ in restarted.restored.failed] == ["a"] and list(restarted.tasks()) == ["b"]
 
 
 def test_served_batch_answers_unknown_rows_alone_and_splits_compute_time(shared_store):

@@ -1,0 +1,109 @@
+"""Pretraining the embedded default backbone: a small ViT trained from scratch on real silhouettes.
+
+No pretrained weights can be downloaded here, so the project makes its own: the demo ViT
+(vit_tiny layout at 28 px, patch 4, 6 blocks) trained with labels on Animal-MNIST (10,000
+animal silhouettes). The downstream tasks (MNIST, scikit-learn digits) are not in that data,
+so adapter results on them measure transfer. The classifier head is dropped and the weights are
+stored in float16 (about 5 MB) as `adapters/weights/default_backbone.safetensors` (see embedded.py).
+Rebuild: `pip install --no-deps animal-mnist==0.4 && mosaserve pretrain-backbone`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .backbone import BackboneSpec, build_model, describe
+from .datasets import ImageDataset, train_test_split
+from .preprocess import Preprocessor
+from .training import accuracy, warmup_cosine
+
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    max_shift: int = 3  # pixels of random translation
+    val_size: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    val_accuracy: float
+    seconds: float
+    history: list[dict]
+
+
+def augment(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Random translation (zero padding) and horizontal flip of uint8 images (N, C, H, W)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)).tolist()
+    shifted = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=generator) < 0.5
+    shifted[flip] = shifted[flip].flip(-1)
+    return shifted
+
+
+def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
+             on_epoch: Callable[[dict], None] | None = None) -> tuple[torch.nn.Module, PretrainResult]:
+    """Trains `spec`'s ViT with a classifier on `data`; returns the backbone (no head) and the result."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    model.reset_classifier(len(data.class_names))
+    prep = Preprocessor(describe(model, spec))
+    train, val = train_test_split(data, len(data) - cfg.val_size, cfg.val_size, seed=cfg.seed)
+    val_x = prep(val.images)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    began, history = time.perf_counter(), []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(train), cfg.batch_size):
+            rows = order[start : start + cfg.batch_size]
+            x = prep(augment(train.images[rows], cfg.max_shift, generator))
+            loss = F.cross_entropy(model(x), train.labels[rows], label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(rows)
+        with torch.inference_mode():
+            val_acc = accuracy(model, val_x, val.labels)
+        history.append({"epoch": epoch + 1, "loss": total / len(train), "val_accuracy": val_acc,
+                        "seconds": time.perf_counter() - began})
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    backbone = copy.deepcopy(model)
+    backbone.reset_classifier(0)
+    return backbone.eval(), PretrainResult(history[-1]["val_accuracy"], time.perf_counter() - began, history)
+
+
+def save_embedded(backbone: torch.nn.Module, path: Path, spec: BackboneSpec, cfg: PretrainConfig,
+                  result: PretrainResult) -> Path:
+    """Writes float16 weights with a metadata record of how they were made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in backbone.state_dict().items()}
+    meta = {"model": spec.name, "kwargs": repr(spec.kwargs), "data": "animal-mnist 0.4 (PyPI), 10 animal classes",
+            "config": repr(asdict(cfg)), "val_accuracy": f"{result.val_accuracy:.4f}"}
+    save_file(state, str(path), metadata=meta)
+    return path
