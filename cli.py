@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,31 @@ def _train(args: argparse.Namespace) -> int:
     rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,
                     args.test_size, cfg, progress=not args.no_progress)
     print(format_rows(rows))
+    if args.register:
+        return _register_all(args, rows)
+    return 0
+
+
+def _register_all(args: argparse.Namespace, rows) -> int:
+    from .deploy.client import RegistrationError, register_adapter
+    from .deploy.config import ADMIN_TOKEN_ENV
+
+    token = args.token or os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        print(f"--register needs --token or {ADMIN_TOKEN_ENV}", file=sys.stderr)
+        return 2
+    if args.task_id and len(rows) != 1:
+        print("--task-id names one task: train one method with it", file=sys.stderr)
+        return 2
+    for row in rows:
+        task_id = args.task_id or row.file.stem
+        try:
+            answer = register_adapter(args.register, task_id, row.file.read_bytes(), token)
+        except RegistrationError as exc:
+            print(f"registration of {task_id} failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"registered {task_id} v{answer['task']['version']} "
+              f"({'servable on every replica' if answer['servable_everywhere'] else 'still spreading'})")
     return 0
 
 
@@ -90,8 +116,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train adapters on a built-in dataset and write adapter files")
-    train.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    train = sub.add_parser("train", help="train adapters on a dataset, write adapter files, optionally register them")
+    train.add_argument("--dataset", default="mnist",
+                       help="mnist, digits, folder:PATH (a folder per class) or list:PATH ('path label' lines)")
+    train.add_argument("--register", metavar="URL", help="PUT each adapter to a running service, e.g. http://127.0.0.1:8000")
+    train.add_argument("--token", help="admin token for --register (default: the MOSASERVE_ADMIN_TOKEN variable)")
+    train.add_argument("--task-id", help="task id to register (default: the file name, e.g. mnist-mosa)")
     train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=64)

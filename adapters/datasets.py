@@ -69,6 +69,18 @@ def load_builtin(name: str) -> ImageDataset:
     return BUILTIN_DATASETS[name]()
 
 
+def load_dataset(reference: str, image_size: int) -> ImageDataset:
+    """A built-in name (mnist, digits), `folder:PATH` (one folder per class) or `list:PATH` (path label lines)."""
+    from .image_files import load_image_folder, load_list_file
+
+    kind, _, path = reference.partition(":")
+    if kind == "folder" and path:
+        return load_image_folder(path, image_size)
+    if kind == "list" and path:
+        return load_list_file(path, image_size)
+    return load_builtin(reference)
+
+
 def train_test_split(dataset: ImageDataset, train_size: int, test_size: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """A seeded random split into disjoint train and test subsets."""
     if train_size + test_size > len(dataset):

@@ -29,3 +29,15 @@ def test_inspect_rejects_a_bad_file_with_a_clear_message(tmp_path):
     bad.write_bytes(b"\x00" * 4)
     done = run_cli("inspect", str(bad))
     assert done.returncode == 2 and "invalid adapter file" in done.stderr
+
+
+def test_train_register_reports_a_missing_token_and_an_unreachable_service(tmp_path):
+    args = ("train", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--methods", "linear",
+            "--out", str(tmp_path), "--no-progress", "--register", "http://127.0.0.1:9")
+    env_without_token = {k: v for k, v in __import__("os").environ.items() if k != "MOSASERVE_ADMIN_TOKEN"}
+    no_token = subprocess.run([sys.executable, "-m", "mosaserve.cli", *args], capture_output=True, text=True,
+                              timeout=300, env=env_without_token)
+    assert no_token.returncode == 2 and "--token" in no_token.stderr
+    unreachable = run_cli(*args, "--token", "t")
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    assert (tmp_path / "mnist-linear.safetensors").exists()  # the trained file is kept either way

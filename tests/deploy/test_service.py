@@ -241,3 +241,23 @@ def test_restarted_application_serves_every_registered_task(service):
 def test_openapi_docs_are_served(service):
     spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
     assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/predict", "/healthz", "/metrics"} <= set(spec["paths"])
+
+
+def test_a_dataset_on_disk_becomes_a_live_task_through_the_sidecar_path(service, tmp_path):
+    """Image folder -> trained, merged adapter file -> PUT by the client -> served without restart."""
+    from mosaserve.adapters.demo import run_demo
+    from mosaserve.adapters.training import TrainConfig
+    from mosaserve.deploy.client import RegistrationError, register_adapter
+
+    for name, colour in (("light", 220), ("dark", 20)):
+        (tmp_path / "shades" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (18, 18), colour + (i % 3)).save(tmp_path / "shades" / name / f"{i}.png")
+    rows = run_demo(tmp_path / "out", ("mosa",), f"folder:{tmp_path / 'shades'}", train_cfg=TrainConfig(epochs=1),
+                    progress=False, backbone_spec=service.config.backbone)
+    answer = register_adapter(service.url, "shades", rows[0].file.read_bytes(), "test-admin-token")
+    assert answer["servable_everywhere"] and answer["task"]["labels"] == ["dark", "light"]
+    served = service.predict("shades", png(color=(220, 220, 220)))
+    assert served.status_code == 200 and {p["label"] for p in served.json()["predictions"][0]["top_k"]} == {"dark", "light"}
+    with pytest.raises(RegistrationError, match="401"):
+        register_adapter(service.url, "shades", rows[0].file.read_bytes(), "wrong")
