@@ -6,20 +6,15 @@ on digits); it is written next to the adapters so they can be served later.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-
+from .atomic_write import write_atomically
 from .backbone import BackboneSpec, load_backbone, save_backbone
-from .config import AdapterConfig
-from .datasets import load_dataset, train_test_split
+from .datasets import load_dataset
 from .embedded import EMBEDDED_BACKBONE
-from .file_format import AdapterHeader, load_adapter, save_adapter
-from .loading import build_adapted_model
-from .model import AdaptedViT
-from .preprocess import Preprocessor
-from .training import TrainConfig, accuracy, train_adapter
+from .task_training import train_task
+from .training import TrainConfig
 
 DEMO_BACKBONE = EMBEDDED_BACKBONE  # pretrained by the project on animal silhouettes (adapters/embedded.py)
 
@@ -48,31 +43,12 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_backbone(backbone, out_dir / "backbone.safetensors")
     data = load_dataset(dataset, info.input_size[-1])
-    train_size, test_size = fit_split(len(data), train_size, test_size)
-    train, test = train_test_split(data, train_size, test_size, seed=0)
-    prep = Preprocessor(info)
-    train_x, test_x = prep(train.images), prep(test.images)
     rows = []
     for method in methods:
-        config = AdapterConfig(method=method)
-        model = AdaptedViT(copy.deepcopy(backbone), config, len(data.class_names), seed=train_cfg.seed)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        result = train_adapter(model, train_x, train.labels, train_cfg, progress=progress)
-        header = AdapterHeader(config, info, data.class_names, {"dataset": dataset, "train_images": train_size,
-                                                               "epochs": train_cfg.epochs, "seed": train_cfg.seed})
-        path = save_adapter(out_dir / f"{data.name}-{method}.safetensors", header, model.export_tensors())
-        # Evaluate what was written: the merged adapter as loaded back from its file.
-        served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(path, info.fingerprint))
-        rows.append(DemoRow(method, trainable, result.seconds, accuracy(served, test_x, test.labels), path))
+        task = train_task(backbone, info, data, method, train_size, test_size, train_cfg, progress)
+        path = write_atomically(out_dir / f"{data.name}-{method}.safetensors", task.file_bytes)
+        rows.append(DemoRow(method, task.trainable_params, task.train_seconds, task.test_accuracy, path))
     return rows
-
-
-def fit_split(available: int, train_size: int, test_size: int) -> tuple[int, int]:
-    """The asked split, or for a smaller dataset 80/20 of what there is."""
-    if train_size + test_size <= available:
-        return train_size, test_size
-    test = max(1, available // 5)
-    return available - test, test
 
 
 def format_rows(rows: list[DemoRow]) -> str:

@@ -1,4 +1,4 @@
-"""The Ray Serve application: ingress -> replicas (mixed-task batches) + the task board.
+"""The Ray Serve application: ingress -> replicas (mixed-task batches), the task board, the training sidecar.
 
 `build_app(args)` is the import path of `deploy/serve_config.yaml`; `args` are `ServeConfig` fields.
 """
@@ -15,6 +15,7 @@ from .board import TaskBoard
 from .config import ServeConfig
 from .ingress import Ingress
 from .replica import TaskReplica
+from .trainer import TrainingSidecar
 
 
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
@@ -27,12 +28,15 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": 1 if config.device == "cuda" else 0},
     ).bind(config, board)
+    trainer = TrainingSidecar.options(name="TrainingSidecar", ray_actor_options={"num_cpus": config.trainer_num_cpus}
+                                      ).bind(config, replicas, board)
     return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.max_ongoing_requests,
-                           ray_actor_options={"num_cpus": 0}).bind(config, replicas, board)
+                           ray_actor_options={"num_cpus": 0}).bind(config, replicas, board, trainer)
 
 
 def _absolute_paths(config: ServeConfig) -> ServeConfig:
     spec = config.backbone
     if spec.checkpoint is not None:
         spec = replace(spec, checkpoint=str(Path(spec.checkpoint).resolve()))
-    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()))
+    datasets = str(Path(config.datasets_root).resolve()) if config.datasets_root else None
+    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()), datasets_root=datasets)

@@ -48,6 +48,8 @@ class ServeConfig:
     max_images_per_request: int = 64
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
     default_top_k: int = 5
+    datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
+    trainer_num_cpus: float = 0.0  # the training sidecar's CPUs (raise it, or give it a GPU node, to isolate it)
     sync_interval_s: float = 0.2
     registration_timeout_s: float = 30.0
 
@@ -60,8 +62,8 @@ class ServeConfig:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.max_host is not None and self.max_host <= 0:
             raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
-        if self.batch_wait_timeout_s < 0 or self.replica_num_cpus < 0:
-            raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
+        if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:
+            raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus and trainer_num_cpus must not be negative")
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(backbone=self.backbone, store_dir=str(Path(self.store_dir).resolve()),
@@ -80,8 +82,9 @@ class ServeConfig:
             raise ServeConfigError(f"unknown mosaserve settings: {unknown}; known: {sorted(known)}")
         if "backbone" in data:
             data["backbone"] = _backbone_from(data["backbone"])
-        if "store_dir" in data:
-            data["store_dir"] = str(data["store_dir"])
+        for name in ("store_dir", "datasets_root"):
+            if data.get(name) is not None:
+                data[name] = str(data[name])
         try:
             return cls(**data)
         except TypeError as exc:

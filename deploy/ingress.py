@@ -2,6 +2,7 @@
 
 
 import asyncio
+import json
 import time
 
 from fastapi import FastAPI, Request
@@ -17,8 +18,10 @@ from ..runtime.task_ids import BACKBONE_TASK, validate_task_id
 from .auth import require_admin
 from .config import ServeConfig
 from .errors import ApiError
+from .metrics_push import report_metrics_forever
 from .replica import ChangeReply, PredictItem, RowReply
 from .request_body import images_from_body, read_limited
+from .train_jobs import parse_train_request
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -50,23 +53,15 @@ def _prediction(reply: RowReply) -> dict:
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    async def __init__(self, config: ServeConfig, replicas, board) -> None:
-        self.config, self.replicas, self.board = config, replicas, board
+    async def __init__(self, config: ServeConfig, replicas, board, trainer) -> None:
+        self.config, self.replicas, self.board, self.trainer = config, replicas, board, trainer
         self.admin_token = config.resolved_admin_token()
         self.process_id = f"ingress-{serve.get_replica_context().replica_id.unique_id}"
         self.registry = CollectorRegistry()
         self.metrics = RequestMetrics(self.registry)
         self.known_tasks: set[str] = {BACKBONE_TASK}
-        self._reporter = asyncio.get_running_loop().create_task(self._report_metrics())
-
-    async def _report_metrics(self) -> None:
-        """Keeps this process's metrics on the board, so a scrape of any ingress sees them."""
-        while True:
-            try:
-                await self.board.report_metrics.remote(self.process_id, exposition(self.registry))
-            except Exception:  # noqa: BLE001 - the board restarting must not end the loop
-                pass
-            await asyncio.sleep(1.0)
+        self._reporter = asyncio.get_running_loop().create_task(
+            report_metrics_forever(board, self.process_id, self.registry))
 
     # --- inference -------------------------------------------------------------------------
     @app.post("/v1/tasks/{task_id}/predict")
@@ -174,6 +169,37 @@ class Ingress:
         body.update(servable_everywhere=everywhere, replicas=len(spread["replicas"]), pending=spread["pending"],
                     seconds=round(elapsed, 4))
         return JSONResponse(body, status_code=reply.status if everywhere else 202)
+
+    # --- training --------------------------------------------------------------------------
+    @app.post("/v1/train")
+    async def submit_training(self, request: Request) -> JSONResponse:
+        """Train a task: JSON {task_id, dataset, method?, epochs?, train_size?, test_size?, lr?, seed?}. Admin."""
+        require_admin(request.headers.get("authorization"), self.admin_token)
+        raw = await read_limited(request.stream(), request.headers.get("content-length"), 64 * 1024, "request body")
+        try:
+            doc = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}") from exc
+        job = await self.trainer.submit.remote(parse_train_request(doc, self.config.datasets_root))
+        return JSONResponse(job, status_code=202)
+
+    @app.get("/v1/train/{job_id}")
+    async def training_status(self, job_id: str, request: Request) -> dict:
+        """A job's state, epoch, loss, ETA, test accuracy and, once live, the task version. Admin."""
+        require_admin(request.headers.get("authorization"), self.admin_token)
+        return await self._job(self.trainer.status, job_id)
+
+    @app.delete("/v1/train/{job_id}")
+    async def cancel_training(self, job_id: str, request: Request) -> dict:
+        """Cancel a queued or running job (a running one stops at its next epoch end). Admin."""
+        require_admin(request.headers.get("authorization"), self.admin_token)
+        return await self._job(self.trainer.cancel, job_id)
+
+    async def _job(self, method, job_id: str) -> dict:
+        found = await method.remote(job_id)
+        if found is None:
+            raise ApiError(404, f"no training job {job_id!r}")
+        return found
 
     # --- operations ------------------------------------------------------------------------
     @app.get("/healthz")

@@ -97,3 +97,18 @@ class _Fixed:
 
 def exposition(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
+
+
+class TrainingMetrics:
+    """The training sidecar's jobs, exported beside the serving metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jobs = Counter("mosaserve_training_jobs", "Training jobs by final state (and submitted).", ["state"],
+                            registry=registry)
+        self.running = Gauge("mosaserve_training_jobs_running", "Training jobs running now.", registry=registry)
+        self.epoch_seconds = Histogram("mosaserve_training_epoch_seconds", "Wall time of one training epoch.",
+                                       buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=registry)
+        self.loss = Gauge("mosaserve_training_loss", "Mean training loss of the last epoch, per task.", ["task"],
+                          registry=registry)
+        self.accuracy = Gauge("mosaserve_training_test_accuracy", "Held-out accuracy of the trained file, per task.",
+                              ["task"], registry=registry)

@@ -261,3 +261,62 @@ def test_a_dataset_on_disk_becomes_a_live_task_through_the_sidecar_path(service,
     assert served.status_code == 200 and {p["label"] for p in served.json()["predictions"][0]["top_k"]} == {"dark", "light"}
     with pytest.raises(RegistrationError, match="401"):
         register_adapter(service.url, "shades", rows[0].file.read_bytes(), "wrong")
+
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def wait_for_job(service, job_id: str, states: set[str], timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} never reached {states}")
+
+
+def test_training_job_turns_a_dataset_into_a_live_task(service):
+    body = {"task_id": "digits-live", "dataset": "digits", "method": "mosa", "epochs": 2, "train_size": 120,
+            "test_size": 60}
+    submitted = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30)
+    assert submitted.status_code == 202 and submitted.json()["state"] in ("queued", "running")
+    job = wait_for_job(service, submitted.json()["job_id"], {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    assert job["epoch"] == 2 and job["loss"] > 0 and 0 <= job["test_accuracy"] <= 1 and job["version"] == 1
+    answer = service.predict("digits-live", png())  # servable everywhere when the job says succeeded
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    assert len(answer.json()["predictions"][0]["top_k"]) == 5  # ten digit classes, top 5
+    deadline, succeeded = time.monotonic() + 20, []
+    while time.monotonic() < deadline and not succeeded:  # the trainer reports its metrics every second
+        text = requests.get(f"{service.url}/metrics", timeout=30).text
+        succeeded = [line for line in text.splitlines()
+                     if line.startswith("mosaserve_training_jobs_total") and 'state="succeeded"' in line]
+        time.sleep(0.5)
+    assert succeeded and float(succeeded[0].split()[-1]) >= 1, text[-2000:]
+
+
+def test_training_jobs_can_be_cancelled_and_bad_requests_are_refused(service):
+    url = f"{service.url}/v1/train"
+    long_job = {"task_id": "never-live", "dataset": "digits", "epochs": 1000, "train_size": 100, "test_size": 20}
+    job_id = requests.post(url, json=long_job, headers=ADMIN, timeout=30).json()["job_id"]
+    running = wait_for_job(service, job_id, {"running"})
+    assert requests.delete(f"{url}/{job_id}", headers=ADMIN, timeout=30).status_code == 200
+    cancelled = wait_for_job(service, job_id, {"cancelled", "succeeded", "failed"})
+    assert cancelled["state"] == "cancelled" and running["job_id"] == job_id
+    assert requests.get(f"{service.url}/v1/tasks/never-live", timeout=30).status_code == 404  # nothing published
+
+    missing = requests.post(url, json={"task_id": "m", "dataset": "folder:absent"}, headers=ADMIN, timeout=30).json()
+    assert "job_id" in missing, missing
+    failed = wait_for_job(service, missing["job_id"], {"failed", "succeeded"})
+    assert failed["state"] == "failed" and "does not exist" in failed["error"]
+
+    assert requests.post(url, json=long_job, timeout=30).status_code == 401
+    for bad in ({"task_id": "x"}, {"task_id": "x", "dataset": "digits", "method": "sgd"},
+                {"task_id": "x", "dataset": "folder:../outside"}, {"task_id": "x", "dataset": "/etc/passwd"},
+                {"task_id": "x", "dataset": "digits", "epochs": 0}, {"task_id": "bad..id", "dataset": "digits"},
+                {"task_id": "x", "dataset": "digits", "extra": 1}, [1, 2]):
+        reply = requests.post(url, json=bad, headers=ADMIN, timeout=30)
+        assert reply.status_code == 400 and reply.json()["error"], bad
+    assert requests.post(url, data=b"{oops", headers=ADMIN, timeout=30).status_code == 400
+    assert requests.get(f"{url}/nope", headers=ADMIN, timeout=30).status_code == 404

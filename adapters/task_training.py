@@ -1,0 +1,56 @@
+"""From a dataset to a servable adapter file: split, preprocess, train, merge, evaluate the file itself.
+
+Shared by `mosaserve train` and the training sidecar of the served application. The accuracy
+reported is that of the encoded file loaded back (what will be served), on held-out images.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from .backbone import BackboneInfo
+from .config import AdapterConfig
+from .datasets import ImageDataset, train_test_split
+from .file_format import AdapterHeader, encode_adapter, load_adapter
+from .loading import build_adapted_model
+from .model import AdaptedViT
+from .preprocess import Preprocessor
+from .training import TrainConfig, accuracy, train_adapter
+
+
+@dataclass(frozen=True)
+class TrainedTask:
+    file_bytes: bytes  # a complete, validated adapter file
+    trainable_params: int
+    train_seconds: float
+    test_accuracy: float
+    epoch_losses: tuple[float, ...]
+
+
+def fit_split(available: int, train_size: int, test_size: int) -> tuple[int, int]:
+    """The asked split, or for a smaller dataset 80/20 of what there is."""
+    if train_size + test_size <= available:
+        return train_size, test_size
+    test = max(1, available // 5)
+    return available - test, test
+
+
+def train_task(backbone: nn.Module, info: BackboneInfo, data: ImageDataset, method: str, train_size: int,
+               test_size: int, cfg: TrainConfig, progress: bool = False,
+               on_epoch: Callable[[int, float], None] | None = None) -> TrainedTask:
+    train_size, test_size = fit_split(len(data), train_size, test_size)
+    train, test = train_test_split(data, train_size, test_size, seed=0)
+    prep = Preprocessor(info)
+    config = AdapterConfig(method=method)
+    model = AdaptedViT(copy.deepcopy(backbone), config, len(data.class_names), seed=cfg.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch)
+    provenance = {"dataset": data.name, "train_images": train_size, "epochs": cfg.epochs, "seed": cfg.seed}
+    file_bytes = encode_adapter(AdapterHeader(config, info, data.class_names, provenance), model.export_tensors())
+    served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))
+    return TrainedTask(file_bytes, trainable, result.seconds, accuracy(served, prep(test.images), test.labels),
+                       tuple(result.epoch_losses))

@@ -1,0 +1,95 @@
+"""Training jobs as the API sees them: a validated request and a status that moves through states.
+
+Dataset references from a request are never arbitrary paths: a built-in name, or `folder:REL` /
+`list:REL` relative to the configured `datasets_root` (and staying inside it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..adapters.config import METHODS
+from ..adapters.datasets import BUILTIN_DATASETS
+from ..runtime.errors import InvalidTaskIdError
+from ..runtime.task_ids import validate_task_id
+from .errors import ApiError
+
+LIMITS = {"epochs": (1, 1000), "train_size": (2, 1_000_000), "test_size": (1, 1_000_000), "seed": (0, 2**31 - 1)}
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    task_id: str
+    dataset: str  # resolved: a built-in name, or folder:/abs/path, list:/abs/path
+    method: str = "mosa"
+    epochs: int = 10
+    train_size: int = 1000
+    test_size: int = 200
+    lr: float = 5e-3
+    seed: int = 3407
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    task_id: str
+    method: str
+    dataset: str
+    epochs: int
+    state: str = "queued"  # queued -> running -> succeeded | failed | cancelled
+    epoch: int = 0
+    loss: float | None = None
+    test_accuracy: float | None = None
+    eta_s: float | None = None
+    version: int | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_train_request(doc: Any, datasets_root: str | None) -> TrainRequest:
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the body must be a JSON object with task_id and dataset")
+    unknown = set(doc) - {f for f in TrainRequest.__dataclass_fields__}
+    if unknown or "task_id" not in doc or "dataset" not in doc:
+        raise ApiError(400, f"needs task_id and dataset; optional: method, epochs, train_size, test_size, lr, seed"
+                            f"{'; unknown: ' + str(sorted(unknown)) if unknown else ''}")
+    try:
+        validate_task_id(doc["task_id"])
+    except InvalidTaskIdError as exc:
+        raise ApiError(400, str(exc)) from exc
+    if doc.get("method", "mosa") not in METHODS:
+        raise ApiError(400, f"method must be one of {METHODS}")
+    for name, (low, high) in LIMITS.items():
+        if name not in doc:
+            continue
+        value = doc[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ApiError(400, f"{name} must be an integer from {low} to {high}")
+    lr = doc.get("lr", 5e-3)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
+        raise ApiError(400, "lr must be a number in (0, 1]")
+    return TrainRequest(**{**doc, "dataset": resolve_dataset(doc["dataset"], datasets_root), "lr": float(lr)})
+
+
+def resolve_dataset(reference: Any, datasets_root: str | None) -> str:
+    if not isinstance(reference, str):
+        raise ApiError(400, "dataset must be a string")
+    if reference in BUILTIN_DATASETS:
+        return reference
+    kind, _, relative = reference.partition(":")
+    if kind not in ("folder", "list") or not relative:
+        raise ApiError(400, f"dataset must be one of {sorted(BUILTIN_DATASETS)}, folder:PATH or list:PATH")
+    if datasets_root is None:
+        raise ApiError(400, "file datasets are disabled: set datasets_root in the config")
+    root = Path(datasets_root).resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(root):
+        raise ApiError(400, f"dataset path {relative!r} must be relative to datasets_root and stay inside it")
+    return f"{kind}:{path}"
