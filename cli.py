@@ -113,6 +113,19 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results(args: argparse.Namespace) -> int:
+    from .adapters.quality import format_quality, run_quality
+
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(","))
+
+    rows = run_quality(tuple(args.tasks.split(",")), ints(args.budgets), tuple(args.methods.split(",")),
+                       ints(args.seeds), args.epochs, args.test_size, Path(args.out))
+    print(format_quality(rows))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")
     pre.set_defaults(func=_pretrain)
+    results = sub.add_parser("results", help="the quality table (RESULTS.md): methods x tasks x budgets x seeds")
+    results.add_argument("--tasks", default="mnist,digits")
+    results.add_argument("--budgets", default="1000,100", help="training images per task")
+    results.add_argument("--methods", default="linear,adapter,lora,mosa")
+    results.add_argument("--seeds", default="0,1,2")
+    results.add_argument("--epochs", type=int, default=10)
+    results.add_argument("--test-size", type=int, default=500)
+    results.add_argument("--out", default="out/results/quality.json")
+    results.set_defaults(func=_results)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

@@ -13,7 +13,7 @@ from .atomic_write import write_atomically
 from .backbone import BackboneSpec, load_backbone, save_backbone
 from .datasets import load_dataset
 from .embedded import EMBEDDED_BACKBONE
-from .task_training import train_task
+from .task_training import split_for_training, train_task
 from .training import TrainConfig
 
 DEMO_BACKBONE = EMBEDDED_BACKBONE  # pretrained by the project on animal silhouettes (adapters/embedded.py)
@@ -43,9 +43,10 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_backbone(backbone, out_dir / "backbone.safetensors")
     data = load_dataset(dataset, info.input_size[-1])
+    train, test = split_for_training(data, train_size, test_size)
     rows = []
     for method in methods:
-        task = train_task(backbone, info, data, method, train_size, test_size, train_cfg, progress)
+        task = train_task(backbone, info, train, test, method, train_cfg, progress)
         path = write_atomically(out_dir / f"{data.name}-{method}.safetensors", task.file_bytes)
         rows.append(DemoRow(method, task.trainable_params, task.train_seconds, task.test_accuracy, path))
     return rows

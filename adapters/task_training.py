@@ -39,18 +39,20 @@ def fit_split(available: int, train_size: int, test_size: int) -> tuple[int, int
     return available - test, test
 
 
-def train_task(backbone: nn.Module, info: BackboneInfo, data: ImageDataset, method: str, train_size: int,
-               test_size: int, cfg: TrainConfig, progress: bool = False,
+def split_for_training(data: ImageDataset, train_size: int, test_size: int) -> tuple[ImageDataset, ImageDataset]:
+    return train_test_split(data, *fit_split(len(data), train_size, test_size), seed=0)
+
+
+def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, test: ImageDataset, method: str,
+               cfg: TrainConfig, progress: bool = False,
                on_epoch: Callable[[int, float], None] | None = None) -> TrainedTask:
-    train_size, test_size = fit_split(len(data), train_size, test_size)
-    train, test = train_test_split(data, train_size, test_size, seed=0)
     prep = Preprocessor(info)
     config = AdapterConfig(method=method)
-    model = AdaptedViT(copy.deepcopy(backbone), config, len(data.class_names), seed=cfg.seed)
+    model = AdaptedViT(copy.deepcopy(backbone), config, len(train.class_names), seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch)
-    provenance = {"dataset": data.name, "train_images": train_size, "epochs": cfg.epochs, "seed": cfg.seed}
-    file_bytes = encode_adapter(AdapterHeader(config, info, data.class_names, provenance), model.export_tensors())
+    provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs, "seed": cfg.seed}
+    file_bytes = encode_adapter(AdapterHeader(config, info, train.class_names, provenance), model.export_tensors())
     served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))
     return TrainedTask(file_bytes, trainable, result.seconds, accuracy(served, prep(test.images), test.labels),
                        tuple(result.epoch_losses))

@@ -22,7 +22,7 @@ from ray import serve
 
 from ..adapters.backbone import load_backbone
 from ..adapters.datasets import load_dataset
-from ..adapters.task_training import train_task
+from ..adapters.task_training import split_for_training, train_task
 from ..adapters.training import TrainConfig
 from ..runtime.metrics import TrainingMetrics
 from .config import ServeConfig
@@ -113,8 +113,8 @@ class TrainingSidecar:
                 raise JobCancelled()
 
         cfg = TrainConfig(epochs=request.epochs, lr=request.lr, seed=request.seed)
-        trained = train_task(backbone, info, data, request.method, request.train_size, request.test_size, cfg,
-                             on_epoch=on_epoch)
+        train, test = split_for_training(data, request.train_size, request.test_size)
+        trained = train_task(backbone, info, train, test, request.method, cfg, on_epoch=on_epoch)
         job.test_accuracy = trained.test_accuracy
         self.metrics.accuracy.labels(job.task_id).set(trained.test_accuracy)
         if job.job_id in self._cancelled:

@@ -54,3 +54,18 @@ def test_training_on_real_digits_learns(method):
     model.merge_()
     assert result.epoch_losses[-1] < 0.9 * result.epoch_losses[0]
     assert accuracy(model, prep(test.images), test.labels) > 0.2
+
+
+def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
+    from mosaserve.adapters.quality import format_quality, run_quality
+
+    from ..conftest import TINY_VIT
+
+    rows = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter"), (0, 1), epochs=1, test_size=30,
+                       out=tmp_path / "q.json", spec=TINY_VIT)
+    assert len(rows) == 2 * 3 * 2 and {r["train_images"] for r in rows} == {40, 10}
+    params = {r["method"]: r["trainable_params"] for r in rows}
+    assert params["mosa"] == params["adapter"] > params["linear"]  # MoSA and the adapter: equal parameters
+    table = format_quality(rows)
+    assert "| digits | 40 | mosa |" in table and "(n=2)" in table
+    assert (tmp_path / "q.json").exists()

@@ -1,0 +1,67 @@
+"""`mosaserve results`: the quality table of RESULTS.md, on the embedded backbone.
+
+For every downstream task, training budget, method and seed: train on the budget's images, test
+on held-out ones, record the held-out accuracy of the merged file (what is served), the trainable
+parameters and the training time. Methods share r (so MoSA and the standard adapter have equal
+trainable parameters; LoRA at the same r has about as many); seeds change the split's training
+order and initialisation, the test set stays fixed per task.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from .backbone import BackboneSpec, load_backbone
+from .datasets import load_dataset
+from .embedded import EMBEDDED_BACKBONE
+from .task_training import train_task
+from .training import TrainConfig
+
+METHOD_ORDER = ("linear", "adapter", "lora", "mosa")
+
+
+def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
+                epochs: int, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE) -> list[dict]:
+    backbone, info = load_backbone(spec)
+    rows = []
+    for task in tasks:
+        data = load_dataset(task, info.input_size[-1])
+        # One seed-0 permutation per task: the last `test_size` images are the test set of every run.
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+        test = data.subset(order[-test_size:])
+        for budget in budgets:
+            train = data.subset(order[: min(budget, len(data) - test_size)])
+            for method in methods:
+                for seed in seeds:
+                    trained = train_task(backbone, info, train, test, method, TrainConfig(epochs=epochs, seed=seed))
+                    rows.append({"task": task, "train_images": len(train), "method": method, "seed": seed,
+                                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params,
+                                 "train_seconds": trained.train_seconds})
+                    print(f"{task:>8} {len(train):>5} {method:>8} seed {seed}: {trained.test_accuracy:.2%}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"backbone": info.name, "fingerprint": info.fingerprint, "epochs": epochs, "test_size": test_size,
+            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows
+
+
+def format_quality(rows: list[dict]) -> str:
+    lines = ["| task | train images | method | trainable params | test accuracy (mean ± sd over seeds) | train s (mean) |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    keys = sorted({(r["task"], r["train_images"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    for task, size in keys:
+        for method in METHOD_ORDER:
+            runs = [r for r in rows if (r["task"], r["train_images"], r["method"]) == (task, size, method)]
+            if not runs:
+                continue
+            accs = [r["test_accuracy"] * 100 for r in runs]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            lines.append(f"| {task} | {size} | {method} | {runs[0]['trainable_params']:,} | "
+                         f"{statistics.mean(accs):.1f} ± {spread:.1f} (n={len(accs)}) | "
+                         f"{statistics.mean(r['train_seconds'] for r in runs):.1f} |")
+    return "\n".join(lines)
