@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .datasets import ImageDataset
 from .images import BadImageError, decode_image
+from .preprocess import resize_and_center_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -80,11 +80,6 @@ def _read(path: Path) -> Tensor:
 
 
 def square_crop(image: Tensor, size: int) -> Tensor:
-    """uint8 (3, H, W) -> uint8 (3, size, size): shorter side resized to `size`, centre crop."""
-    height, width = image.shape[-2:]
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True,
-                            align_corners=False)[0]
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+    """uint8 (3, H, W) -> uint8 (3, size, size) by the serving resize and centre crop (crop_pct 1)."""
+    cropped = resize_and_center_crop(image[None].float(), size, size, max_value=255.0)[0]
+    return cropped.round().to(torch.uint8)

@@ -65,12 +65,19 @@ class Preprocessor:
         return batch
 
     def _resize_and_crop(self, batch: Tensor) -> Tensor:
-        batch = _limit_aspect(batch, MAX_ASPECT)
-        height, width = batch.shape[-2:]
-        scale = max(self.height, self.width) / self.crop_pct / min(height, width)
-        new_h, new_w = max(self.height, math.floor(height * scale)), max(self.width, math.floor(width * scale))
-        if (new_h, new_w) != (height, width):
-            smooth = {} if self.mode == "nearest" else {"align_corners": False, "antialias": True}
-            batch = F.interpolate(batch, size=(new_h, new_w), mode=self.mode, **smooth).clamp_(0.0, 1.0)
-        top, left = (new_h - self.height) // 2, (new_w - self.width) // 2
-        return batch[:, :, top : top + self.height, left : left + self.width]
+        return resize_and_center_crop(batch, self.height, self.width, self.crop_pct, self.mode, max_value=1.0)
+
+
+def resize_and_center_crop(batch: Tensor, height: int, width: int, crop_pct: float = 1.0, mode: str = "bilinear",
+                           max_value: float = 1.0) -> Tensor:
+    """Float images (N, C, H, W): shorter side resized to size / crop_pct, then the centre crop (timm's eval
+    transform). Values stay within [0, max_value]; the aspect ratio is capped first (see `_limit_aspect`)."""
+    batch = _limit_aspect(batch, MAX_ASPECT)
+    in_h, in_w = batch.shape[-2:]
+    scale = max(height, width) / crop_pct / min(in_h, in_w)
+    new_h, new_w = max(height, math.floor(in_h * scale)), max(width, math.floor(in_w * scale))
+    if (new_h, new_w) != (in_h, in_w):
+        smooth = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+        batch = F.interpolate(batch, size=(new_h, new_w), mode=mode, **smooth).clamp_(0.0, max_value)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return batch[:, :, top : top + height, left : left + width]

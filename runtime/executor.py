@@ -62,10 +62,7 @@ class BatchPlan:
     batch_size: int
     groups: tuple[TaskGroup, ...]
     gathered: bool
-
-    @property
-    def has_lora(self) -> bool:
-        return any(g.adapter.qkv for g in self.groups)
+    has_lora: bool  # any row's task updates qkv (the qkv taps do nothing otherwise)
 
     def covers_all_rows(self, group: TaskGroup) -> bool:
         return len(self.groups) == 1 and len(group.rows) == self.batch_size
@@ -107,7 +104,7 @@ class MixedTaskExecutor:
         gathered = self.strategy == "gathered" or (
             self.strategy == "auto" and threshold is not None and len(groups) >= threshold
         )
-        return BatchPlan(len(task_ids), groups, gathered)
+        return BatchPlan(len(task_ids), groups, gathered, any(g.adapter.qkv for g in groups))
 
     def run(self, images: Tensor, task_ids: list[str | None],
             snapshot: Mapping[str, TaskRecord] | None = None) -> list[RowResult]:

@@ -114,9 +114,10 @@ class TaskRuntime:
 
     def infer(self, images: list[Tensor], task_ids: list[str]) -> list[RowResult]:
         """Decoded uint8 images (C, H, W) and a task id per image (BACKBONE_TASK for the bare backbone)."""
-        batch = torch.cat([self.preprocess(image) for image in images])
-        rows = [None if t == BACKBONE_TASK else t for t in task_ids]
-        return self.executor.run(batch, rows)
+        return self.executor.run(self._batch(images), _rows(task_ids))
+
+    def _batch(self, images: list[Tensor]) -> Tensor:
+        return torch.cat([self.preprocess(image) for image in images])
 
     def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
         """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass."""
@@ -127,10 +128,14 @@ class TaskRuntime:
         ]
         if not runnable:
             return BatchOutcome(answers, None, 0)
-        batch = torch.cat([self.preprocess(images[i]) for i in runnable])
-        rows = [None if task_ids[i] == BACKBONE_TASK else task_ids[i] for i in runnable]
-        results, timings = self.executor.run_timed(batch, rows, snapshot)
+        rows = _rows([task_ids[i] for i in runnable])
+        results, timings = self.executor.run_timed(self._batch([images[i] for i in runnable]), rows, snapshot)
         for i, result in zip(runnable, results):
             record = snapshot.get(task_ids[i])
             answers[i] = answer_row(task_ids[i], result, record.header.labels if record else None, top_k[i])
         return BatchOutcome(answers, timings, len(set(rows)))
+
+
+def _rows(task_ids: list[str]) -> list[str | None]:
+    """Executor rows: the bare backbone's task id becomes None (no adapter)."""
+    return [None if t == BACKBONE_TASK else t for t in task_ids]
