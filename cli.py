@@ -126,6 +126,51 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest_run(args: argparse.Namespace) -> int:
+    from .loadtests.command import run_command
+
+    return run_command(args)
+
+
+def _loadtest_compare(args: argparse.Namespace) -> int:
+    from .deploy.side_by_side import CompareSpec, run_compare
+
+    def numbers(text: str, kind=float) -> tuple:
+        return tuple(kind(v) for v in text.split(","))
+
+    spec = CompareSpec(backbone=args.backbone, task_counts=numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
+                       rates=numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
+                       max_models=args.max_models, registrations=args.registrations, image_size=args.image_size,
+                       port=args.port)
+    doc = run_compare(spec, Path(args.out))
+    print(doc["summary"])
+    print(f"\nwritten: {Path(args.out) / 'compare.json'} (and a report with plots per run beside it)")
+    return 0
+
+
+def _add_loadtest(sub) -> None:
+    from .loadtests.command import add_run_arguments
+
+    loadtest = sub.add_parser("loadtest", help="open-loop load tests over HTTP (JSON, table, latency plot)")
+    kinds = loadtest.add_subparsers(dest="kind", required=True)
+    run = kinds.add_parser("run", help="one scenario against a running service")
+    add_run_arguments(run)
+    run.set_defaults(func=_loadtest_run)
+    compare = kinds.add_parser("compare", help="bare backbone vs mosaserve vs per-task models, in one local run")
+    compare.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT (random weights)")
+    compare.add_argument("--tasks", default="10,100", help="task counts")
+    compare.add_argument("--mixes", default="uniform,zipf")
+    compare.add_argument("--rates", default="10,15,20,25,30,40,50,60,80", help="swept request rates")
+    compare.add_argument("--duration", type=float, default=8.0, help="measured seconds per rate")
+    compare.add_argument("--slo-ms", type=float, default=500.0)
+    compare.add_argument("--max-models", type=int, default=-1, help="per-task models per replica; -1: all")
+    compare.add_argument("--registrations", type=int, default=100)
+    compare.add_argument("--image-size", type=int, default=224)
+    compare.add_argument("--port", type=int, default=8123)
+    compare.add_argument("--out", default="out/loadtest/compare")
+    compare.set_defaults(func=_loadtest_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--test-size", type=int, default=500)
     results.add_argument("--out", default="out/results/quality.json")
     results.set_defaults(func=_results)
+    _add_loadtest(sub)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

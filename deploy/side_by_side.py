@@ -1,0 +1,189 @@
+"""`mosaserve loadtest compare`: the served system against the bare backbone and per-task models, in one run.
+
+One local Ray cluster, one store of random adapters, the same load generator and SLO for every
+system, each system deployed in turn on the same port:
+1. mosaserve serving only the bare backbone: the limit;
+2. mosaserve with N tasks per request mix (uniform, Zipf);
+3. per-task full models behind `@serve.multiplexed` with the same batching settings (per_task_models.py);
+then a burst of registrations while mosaserve serves its largest task set at a steady rate.
+Every system's capacity is the highest swept rate whose p99 meets the SLO with no errors.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..adapters.backbone import BackboneSpec, load_backbone
+from ..adapters.file_format import encode_adapter
+from ..loadtests.inputs import noise_png
+from ..loadtests.mixes import make_mix
+from ..loadtests.report import format_rows
+from ..loadtests.runner import Target
+from ..loadtests.scenarios import LoadSpec, run_scenario
+from ..runtime.benchmark import random_task
+from ..runtime.store import AdapterStore
+from .app import build_app
+from .config import ServeConfig
+from .per_task_models import per_task_models_app
+
+APP = "side-by-side"
+TOKEN = "side-by-side-admin"
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    backbone: str = "vit_tiny_patch16_224"  # seeded random weights: speed does not depend on their values
+    task_counts: tuple[int, ...] = (10, 100)
+    mixes: tuple[str, ...] = ("uniform", "zipf")
+    rates: tuple[float, ...] = (10, 15, 20, 25, 30, 40, 50, 60, 80)
+    duration_s: float = 8.0
+    warmup_s: float = 2.0
+    slo_ms: float = 500.0
+    r: int = 16
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    torch_threads: int = 1
+    max_models: int = -1  # per-task models kept per replica by the baseline; -1: all
+    registrations: int = 100
+    registration_rate_share: float = 0.6  # the registration burst's load, as a share of the capacity found
+    image_size: int = 224
+    port: int = 8123
+
+
+def run_compare(spec: CompareSpec, out_dir: Path) -> dict:
+    import ray
+    from ray import serve
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mosaserve-compare-") as tmp:
+        config = _config(spec, Path(tmp))
+        tasks, uploads = _make_adapters(config, max(spec.task_counts), 4, spec.r)
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 _temp_dir=str(Path(tmp) / "ray"))
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": spec.port})
+            doc = _measure_all(spec, config, tasks, uploads, out_dir)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    doc.update(spec=asdict(spec), machine=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+               summary=summary_table(doc))
+    (out_dir / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / "compare.md").write_text(doc["summary"] + "\n")
+    return doc
+
+
+def _config(spec: CompareSpec, root: Path) -> ServeConfig:
+    backbone = BackboneSpec(spec.backbone)
+    return ServeConfig(backbone=backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
+                       torch_threads=spec.torch_threads, max_batch_size=spec.max_batch_size,
+                       batch_wait_timeout_s=spec.batch_wait_timeout_s, admin_token=TOKEN,
+                       registration_timeout_s=60)
+
+
+def _make_adapters(config: ServeConfig, count: int, uploads: int, r: int) -> tuple[list[str], list[bytes]]:
+    """`count` random tasks published to the store, and `uploads` more adapter files for the registration burst."""
+    backbone, info = load_backbone(config.backbone)
+
+    def encoded(seed: int) -> bytes:
+        file, _ = random_task(backbone, info, "mosa", r, seed=seed)
+        return encode_adapter(file.header, file.tensors)
+
+    store, tasks = AdapterStore(config.store_dir), [f"task{i:03d}" for i in range(count)]
+    for seed, task in enumerate(tasks):
+        store.publish(task, encoded(seed))
+    return tasks, [encoded(10_000 + i) for i in range(uploads)]
+
+
+def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploads: list[bytes], out_dir: Path) -> dict:
+    from ray import serve
+
+    url = f"http://127.0.0.1:{spec.port}"
+    image = noise_png(spec.image_size)
+    runs: dict[str, dict] = {}
+    _deploy(build_app(config), url)
+    runs["mosaserve, bare backbone"] = _sweep(spec, Target(url), "backbone", [], image, out_dir / "backbone")
+    for count in spec.task_counts:
+        for mix in spec.mixes:
+            runs[f"mosaserve, {count} tasks, {mix}"] = _sweep(spec, Target(url), mix, tasks[:count], image,
+                                                               out_dir / f"mosaserve-{count}-{mix}")
+    storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
+    serve.delete(APP)
+    _deploy(per_task_models_app(config, spec.max_models), url, path="/docs")
+    for count in spec.task_counts:
+        for mix in spec.mixes:
+            runs[f"per-task models, {count} tasks, {mix}"] = _sweep(
+                spec, Target(url, send_model_id=True), mix, tasks[:count], image, out_dir / f"per-task-{count}-{mix}")
+    serve.delete(APP)
+    return {"runs": runs, "registration_storm": storm}
+
+
+def _deploy(app, url: str, path: str = "/healthz", timeout_s: float = 300.0) -> None:
+    from ray import serve
+
+    serve.run(app, name=APP, route_prefix="/")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + path, timeout=10) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}{path} did not answer within {timeout_s} s")
+
+
+def _sweep(spec: CompareSpec, target: Target, mix: str, tasks: list[str], image: bytes, out: Path) -> dict:
+    load = LoadSpec(rate=spec.rates[0], duration_s=spec.duration_s, slo_s=spec.slo_ms / 1000,
+                    warmup_s=spec.warmup_s, sweep_rates=spec.rates)
+    doc = run_scenario("sweep", target, load, make_mix(mix, tasks), image, out)
+    best = doc["max_rate_within_slo"]
+    at_best = doc["runs"][f"{best:g}"]["overall"] if best else None
+    return {"max_rate_within_slo": best, "goodput_at_slo_rps": doc["goodput_at_slo_rps"], "at_max_rate": at_best,
+            "report": str(out / "report.json")}
+
+
+def _registration_storm(spec, url, tasks, uploads, image, runs, out: Path) -> dict:
+    """Uploads (new tasks, then replacements) during steady load over the largest task set."""
+    largest = max(spec.task_counts)
+    capacity = runs[f"mosaserve, {largest} tasks, uniform"]["max_rate_within_slo"] or spec.rates[0]
+    load = LoadSpec(rate=round(capacity * spec.registration_rate_share, 1), duration_s=2 * spec.duration_s,
+                    slo_s=spec.slo_ms / 1000, warmup_s=spec.warmup_s, registrations=spec.registrations)
+    doc = run_scenario("registrations", Target(url), load, make_mix("uniform", tasks[:largest]), image, out, uploads,
+                       TOKEN)
+    return {"rate": load.rate, "verdict": doc["verdict"], "phases": doc["phases"],
+            "registrations": doc["registrations"], "report": str(out / "report.json")}
+
+
+def summary_table(doc: dict) -> str:
+    runs = doc["runs"]
+    limit = runs["mosaserve, bare backbone"]["goodput_at_slo_rps"] or None
+    rows = {}
+    for name, run in runs.items():
+        row = dict(run["at_max_rate"] or {}, max_rate=run["max_rate_within_slo"])
+        baseline = runs.get(name.replace("mosaserve", "per-task models"), {}).get("goodput_at_slo_rps")
+        row["vs_backbone"] = run["goodput_at_slo_rps"] / limit if limit else None
+        row["vs_per_task"] = run["goodput_at_slo_rps"] / baseline if baseline and name.startswith("mosaserve") else None
+        rows[name] = row
+    lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x per-task models |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {_fmt(row['max_rate'])} | {_fmt(row.get('goodput_rps'))} | {_fmt(row.get('p50_ms'))} | "
+                     f"{_fmt(row.get('p99_ms'))} | {_fmt(row['vs_backbone'], 2)} | {_fmt(row['vs_per_task'], 2)} |")
+    storm = doc["registration_storm"]
+    lines += ["", f"Registration burst at {storm['rate']} req/s: {storm['registrations']['count']} uploads "
+              f"({storm['registrations']['statuses']}), p99 during / before = {_fmt(storm['verdict']['p99_ratio'], 2)}, "
+              f"failed requests {storm['verdict']['failed_requests']}", "",
+              format_rows(storm["phases"], "registration burst phase")]
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

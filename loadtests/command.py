@@ -1,0 +1,57 @@
+"""`mosaserve loadtest run`: one scenario against a running service, over HTTP only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .inputs import adapter_files, noise_png, registered_tasks
+from .mixes import make_mix
+from .runner import Target
+from .scenarios import LoadSpec, format_scenario, run_scenario
+
+
+def run_command(args: argparse.Namespace) -> int:
+    tasks = args.tasks.split(",") if args.tasks else []
+    if not tasks and args.mix != "backbone":
+        tasks = registered_tasks(args.url)
+    mix = make_mix(args.mix, tasks, args.zipf_s)
+    spec = LoadSpec(rate=args.rate, duration_s=args.duration, slo_s=args.slo_ms / 1000, warmup_s=args.warmup,
+                    seed=args.seed, burst_factor=args.burst_factor, burst_s=args.burst_seconds,
+                    sweep_rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
+                    registrations=args.registrations, allow_remote=args.allow_remote)
+    image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
+    files = adapter_files(Path(args.adapters)) if args.adapters else []
+    target = Target(args.url, "image/jpeg" if args.image and args.image.lower().endswith((".jpg", ".jpeg"))
+                    else "image/png", send_model_id=args.model_id_header)
+    token = args.token or os.environ.get("MOSASERVE_ADMIN_TOKEN")
+    doc = run_scenario(args.scenario, target, spec, mix, image, Path(args.out), files, token)
+    print(format_scenario(doc))
+    print(f"\nwritten: {Path(args.out) / 'report.json'} and the latency plot(s) beside it")
+    return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")
+    parser.add_argument("--scenario", default="steady", choices=["steady", "sweep", "burst", "registrations"])
+    parser.add_argument("--mix", default="uniform", choices=["uniform", "zipf", "single", "backbone"])
+    parser.add_argument("--tasks", help="comma-separated task ids (default: every registered task)")
+    parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent: weight of rank k is 1/k^s")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second (base rate)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (per rate in a sweep)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds sent first and left out of the report")
+    parser.add_argument("--slo-ms", type=float, default=500.0, help="latency objective for p99 and goodput")
+    parser.add_argument("--rates", help="sweep: comma-separated rates, e.g. 10,20,40,80")
+    parser.add_argument("--burst-factor", type=float, default=3.0)
+    parser.add_argument("--burst-seconds", type=float, default=3.0)
+    parser.add_argument("--registrations", type=int, default=20, help="uploads in the registrations scenario")
+    parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations)")
+    parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")
+    parser.add_argument("--image", help="a PNG or JPEG to send (default: a random PNG)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--model-id-header", action="store_true",
+                        help="also send Serve's serve_multiplexed_model_id header (multiplexed deployments)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-remote", action="store_true", help="allow a target that is not loopback")
+    parser.add_argument("--out", default="out/loadtest")

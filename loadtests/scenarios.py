@@ -1,0 +1,117 @@
+"""Load-test scenarios: steady rate, rate sweep to the SLO, burst, and registrations under load.
+
+Each scenario is a list of phases (see schedule.py), optionally with admin uploads during one of
+them; `run_scenario` sends it, and writes the report (JSON), its table and a latency plot (PNG).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .mixes import TaskMix
+from .plot import plot_latency
+from .report import format_report, format_rows, meets_slo, report
+from .runner import Registration, Target, run_load
+from .schedule import Phase, plan_arrivals
+
+SCENARIOS = ("steady", "sweep", "burst", "registrations")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    rate: float  # requests per second (the base rate for burst and registrations)
+    duration_s: float  # measured seconds (per rate in a sweep)
+    slo_s: float = 0.5
+    warmup_s: float = 2.0
+    seed: int = 0
+    burst_factor: float = 3.0
+    burst_s: float = 3.0
+    sweep_rates: tuple[float, ...] = ()
+    registrations: int = 20  # uploads in the registrations scenario
+    allow_remote: bool = False
+
+
+def phases_for(scenario: str, spec: LoadSpec) -> list[Phase]:
+    warmup = [Phase("warmup", spec.rate, spec.warmup_s, measured=False)] if spec.warmup_s > 0 else []
+    half = spec.duration_s / 2
+    if scenario in ("steady", "sweep"):
+        return warmup + [Phase("steady", spec.rate, spec.duration_s)]
+    if scenario == "burst":
+        return warmup + [Phase("before", spec.rate, half), Phase("burst", spec.rate * spec.burst_factor, spec.burst_s),
+                         Phase("after", spec.rate, half)]
+    if scenario == "registrations":
+        return warmup + [Phase("steady", spec.rate, half), Phase("registrations", spec.rate, half)]
+    raise ValueError(f"unknown scenario {scenario!r}: use one of {', '.join(SCENARIOS)}")
+
+
+def registration_plan(phases: list[Phase], files: list[bytes], count: int, prefix: str = "loadtest-") -> list[Registration]:
+    """`count` uploads spread over the registrations phase; the second half replaces the first half's tasks."""
+    if not files:
+        raise ValueError("the registrations scenario needs adapter files to upload")
+    start = sum(p.duration_s for p in phases[: [p.name for p in phases].index("registrations")])
+    span = phases[-1].duration_s
+    distinct = max(1, (count + 1) // 2)
+    return [Registration(start + i * span / count, f"{prefix}{i % distinct}", files[i % len(files)])
+            for i in range(count)]
+
+
+def run_scenario(scenario: str, target: Target, spec: LoadSpec, mix: TaskMix, image: bytes, out_dir: Path,
+                 adapter_files: list[bytes] = (), admin_token: str | None = None) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if scenario == "sweep":
+        doc = _sweep(target, spec, mix, image, out_dir)
+    else:
+        doc = _run_once(scenario, target, spec, mix, image, out_dir, list(adapter_files), admin_token)
+    doc.update(scenario=scenario, mix=mix.describe(), target=target.url, spec=asdict(spec))
+    (out_dir / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def _run_once(scenario, target, spec, mix, image, out_dir, adapter_files, admin_token, name="latency") -> dict:
+    phases = phases_for(scenario, spec)
+    uploads = registration_plan(phases, adapter_files, spec.registrations) if scenario == "registrations" else []
+    result = run_load(target, plan_arrivals(phases, mix, spec.seed), image, uploads, admin_token, spec.allow_remote)
+    doc = report(result, phases, spec.slo_s)
+    measured = [r for r in result.requests if r.phase != "warmup"]
+    plot = plot_latency(measured, [p for p in phases if p.measured], spec.slo_s, out_dir / f"{name}.png",
+                        f"{scenario}: {mix.describe()}")
+    doc["plot"] = str(plot)
+    if scenario in ("registrations", "burst"):
+        doc["verdict"] = _phase_verdict(doc, "registrations" if scenario == "registrations" else "burst")
+    return doc
+
+
+def _phase_verdict(doc: dict, phase: str) -> dict:
+    """The disturbed phase's p99 against the undisturbed one's, and whether any request failed."""
+    calm = doc["phases"]["steady" if "steady" in doc["phases"] else "before"]
+    hit = doc["phases"][phase]
+    ratio = hit["p99_ms"] / calm["p99_ms"] if hit["p99_ms"] and calm["p99_ms"] else None
+    return {"p99_ratio": ratio, "failed_requests": doc["overall"]["errors"]}
+
+
+def _sweep(target, spec, mix, image, out_dir) -> dict:
+    """Steady runs at rising rates; stops after two rates in a row miss the SLO."""
+    if not spec.sweep_rates:
+        raise ValueError("a sweep needs rates (sweep_rates)")
+    runs, misses = {}, 0
+    for rate in sorted(spec.sweep_rates):
+        doc = _run_once("sweep", target, replace(spec, rate=rate), mix, image, out_dir, [], None, f"latency-{rate:g}")
+        runs[f"{rate:g}"] = doc
+        misses = 0 if meets_slo(doc["overall"], spec.slo_s) else misses + 1
+        if misses == 2:
+            break
+    passing = [float(rate) for rate, doc in runs.items() if meets_slo(doc["overall"], spec.slo_s)]
+    best = max(passing, default=None)
+    return {"runs": runs, "max_rate_within_slo": best,
+            "goodput_at_slo_rps": runs[f"{best:g}"]["overall"]["goodput_rps"] if best else 0.0}
+
+
+def format_scenario(doc: dict) -> str:
+    if doc["scenario"] != "sweep":
+        text = format_report(doc)
+        return text + (f"\nverdict: {doc['verdict']}" if "verdict" in doc else "")
+    rows = {f"{rate}/s": run["overall"] for rate, run in doc["runs"].items()}
+    return (format_rows(rows, "offered rate") + f"\n\nhighest rate within the SLO: {doc['max_rate_within_slo']} "
+            f"req/s (goodput {doc['goodput_at_slo_rps']:.1f} req/s)")

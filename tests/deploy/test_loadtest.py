@@ -1,0 +1,94 @@
+"""Load tests against the real service: the CLI's scenarios, registrations under load, and the
+per-task-model baseline answering the same as mosaserve."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import requests
+from PIL import Image
+
+from mosaserve.cli import main
+from mosaserve.deploy.per_task_models import per_task_models_app
+from mosaserve.loadtests.runner import MODEL_ID_HEADER
+
+from .conftest import TOKEN
+
+
+def png(seed: int, size: int = 20) -> bytes:
+    import random
+
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_steady_zipf_load_from_the_cli_reports_every_request(service, tmp_path, capsys):
+    for i in range(3):
+        assert service.put(f"lt{i}", service.adapter(seed=300 + i)[0]).status_code == 201
+    out = tmp_path / "steady"
+    code = main(["loadtest", "run", "--url", service.url, "--scenario", "steady", "--mix", "zipf", "--tasks", "lt0,lt1,lt2",
+                 "--rate", "15", "--duration", "2", "--warmup", "0.5", "--slo-ms", "5000", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    overall = doc["overall"]
+    assert overall["requests"] == 30 and overall["errors"] == 0 and overall["ok"] == 30
+    assert overall["offered_rps"] == 15.0 and overall["goodput_rps"] > 0
+    assert overall["p50_ms"] <= overall["p95_ms"] <= overall["p99_ms"] <= overall["max_ms"]
+    assert sum(t["requests"] for t in doc["tasks"].values()) == 30 and doc["tasks"]["lt0"]["requests"] >= doc["tasks"]["lt2"]["requests"]
+    assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert "| overall |" in capsys.readouterr().out
+
+
+def test_registrations_under_load_fail_no_request_and_every_upload_lands(service, tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    for i in range(2):
+        (uploads / f"a{i}.safetensors").write_bytes(service.adapter(seed=400 + i)[0])
+    assert service.put("steady", service.adapter(seed=410)[0]).status_code in (200, 201)
+    out = tmp_path / "registrations"
+    code = main(["loadtest", "run", "--url", service.url, "--scenario", "registrations", "--tasks", "steady,__backbone__",
+                 "--rate", "10", "--duration", "4", "--warmup", "0.5", "--registrations", "6", "--adapters", str(uploads),
+                 "--token", TOKEN, "--slo-ms", "5000", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["overall"]["errors"] == 0 and doc["verdict"]["failed_requests"] == 0
+    assert doc["registrations"]["statuses"] == {"200": 3, "201": 3}  # three new tasks, then each replaced
+    assert doc["registrations"]["servable_everywhere"] == 6
+    versions = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    assert [versions[f"loadtest-{i}"] for i in range(3)] == [2, 2, 2]
+
+
+def test_sweep_stops_after_two_rates_miss_the_slo(service, tmp_path):
+    out = tmp_path / "sweep"
+    # An SLO of 1 ms cannot be met over HTTP, so the sweep stops after its first two rates.
+    assert main(["loadtest", "run", "--url", service.url, "--scenario", "sweep", "--mix", "backbone", "--rates", "4,8,16",
+                 "--duration", "1", "--warmup", "0", "--slo-ms", "1", "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert list(doc["runs"]) == ["4", "8"] and doc["max_rate_within_slo"] is None and doc["goodput_at_slo_rps"] == 0.0
+    assert (out / "latency-4.png").exists() and (out / "latency-8.png").exists()
+
+
+def test_per_task_model_baseline_answers_as_mosaserve_does(service):
+    from ray import serve
+
+    assert service.put("same", service.adapter(seed=500, classes=4)[0]).status_code in (200, 201)
+    serve.run(per_task_models_app(service.config, max_models=2), name="baseline", route_prefix="/baseline")
+    try:
+        image = png(1)
+        ours = service.predict("same", image, top_k=1).json()["predictions"][0]["top_k"][0]
+        url = f"{service.url}/baseline/v1/tasks/same/predict"
+        theirs = requests.post(url, data=image, headers={"Content-Type": "image/png", MODEL_ID_HEADER: "same"},
+                               timeout=60)
+        assert theirs.status_code == 200, theirs.text
+        answer = theirs.json()["predictions"][0]["top_k"][0]
+        assert answer["label"] == ours["label"] and abs(answer["probability"] - ours["probability"]) < 1e-4
+        missing = requests.post(url.replace("same", "nope"), data=image,
+                                headers={"Content-Type": "image/png", MODEL_ID_HEADER: "nope"}, timeout=60)
+        assert missing.status_code == 404
+        assert requests.post(url, data=image, timeout=60).status_code == 400  # no multiplexing header
+    finally:
+        serve.delete("baseline")
