@@ -133,14 +133,15 @@ def _loadtest_run(args: argparse.Namespace) -> int:
 
 
 def _loadtest_compare(args: argparse.Namespace) -> int:
+    from .adapters.backbone import BackboneSpec
     from .deploy.side_by_side import CompareSpec, run_compare
 
     def numbers(text: str, kind=float) -> tuple:
         return tuple(kind(v) for v in text.split(","))
 
-    spec = CompareSpec(backbone=args.backbone, task_counts=numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
+    spec = CompareSpec(backbone=BackboneSpec(args.backbone), task_counts=numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
                        rates=numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
-                       max_models=args.max_models, registrations=args.registrations, image_size=args.image_size,
+                       max_models=numbers(args.max_models, int), registrations=args.registrations, image_size=args.image_size,
                        port=args.port)
     doc = run_compare(spec, Path(args.out))
     print(doc["summary"])
@@ -160,10 +161,10 @@ def _add_loadtest(sub) -> None:
     compare.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT (random weights)")
     compare.add_argument("--tasks", default="10,100", help="task counts")
     compare.add_argument("--mixes", default="uniform,zipf")
-    compare.add_argument("--rates", default="10,15,20,25,30,40,50,60,80", help="swept request rates")
+    compare.add_argument("--rates", default="4,6,8,10,12,14,16,20,24", help="swept request rates")
     compare.add_argument("--duration", type=float, default=8.0, help="measured seconds per rate")
     compare.add_argument("--slo-ms", type=float, default=500.0)
-    compare.add_argument("--max-models", type=int, default=-1, help="per-task models per replica; -1: all")
+    compare.add_argument("--max-models", default="-1,8", help="baseline runs: per-task models per replica; -1: all")
     compare.add_argument("--registrations", type=int, default=100)
     compare.add_argument("--image-size", type=int, default=224)
     compare.add_argument("--port", type=int, default=8123)

@@ -12,6 +12,7 @@ Every system's capacity is the highest swept rate whose p99 meets the SLO with n
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -38,10 +39,10 @@ TOKEN = "side-by-side-admin"
 
 @dataclass(frozen=True)
 class CompareSpec:
-    backbone: str = "vit_tiny_patch16_224"  # seeded random weights: speed does not depend on their values
+    backbone: BackboneSpec = BackboneSpec("vit_tiny_patch16_224")  # seeded random weights: speed does not depend on them
     task_counts: tuple[int, ...] = (10, 100)
     mixes: tuple[str, ...] = ("uniform", "zipf")
-    rates: tuple[float, ...] = (10, 15, 20, 25, 30, 40, 50, 60, 80)
+    rates: tuple[float, ...] = (4, 6, 8, 10, 12, 14, 16, 20, 24)
     duration_s: float = 8.0
     warmup_s: float = 2.0
     slo_ms: float = 500.0
@@ -49,7 +50,7 @@ class CompareSpec:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     torch_threads: int = 1
-    max_models: int = -1  # per-task models kept per replica by the baseline; -1: all
+    max_models: tuple[int, ...] = (-1, 8)  # per-task models kept per replica by the baseline; -1: all
     registrations: int = 100
     registration_rate_share: float = 0.6  # the registration burst's load, as a share of the capacity found
     image_size: int = 224
@@ -57,31 +58,35 @@ class CompareSpec:
 
 
 def run_compare(spec: CompareSpec, out_dir: Path) -> dict:
+    """Starts a local Ray cluster for the run and stops it after."""
     import ray
     from ray import serve
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mosaserve-compare-") as tmp:
-        config = _config(spec, Path(tmp))
-        tasks, uploads = _make_adapters(config, max(spec.task_counts), 4, spec.r)
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                  _temp_dir=str(Path(tmp) / "ray"))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": spec.port})
-            doc = _measure_all(spec, config, tasks, uploads, out_dir)
+            return compare_on_cluster(spec, f"http://127.0.0.1:{spec.port}", Path(tmp), out_dir)
         finally:
             serve.shutdown()
             ray.shutdown()
-    doc.update(spec=asdict(spec), machine=f"{platform.machine()}, {platform.processor() or 'cpu'}",
-               summary=summary_table(doc))
+
+
+def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Path) -> dict:
+    """The whole comparison on a running Ray cluster whose Serve proxy answers at `url`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = _config(spec, work_dir)
+    tasks, uploads = _make_adapters(config, max(spec.task_counts), 4, spec.r)
+    doc = _measure_all(spec, config, tasks, uploads, url, out_dir)
+    doc.update(spec=asdict(spec), machine=f"{platform.machine()}, {os.cpu_count()} cpus", summary=summary_table(doc))
     (out_dir / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "compare.md").write_text(doc["summary"] + "\n")
     return doc
 
 
 def _config(spec: CompareSpec, root: Path) -> ServeConfig:
-    backbone = BackboneSpec(spec.backbone)
-    return ServeConfig(backbone=backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
+    return ServeConfig(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
                        torch_threads=spec.torch_threads, max_batch_size=spec.max_batch_size,
                        batch_wait_timeout_s=spec.batch_wait_timeout_s, admin_token=TOKEN,
                        registration_timeout_s=60)
@@ -101,26 +106,30 @@ def _make_adapters(config: ServeConfig, count: int, uploads: int, r: int) -> tup
     return tasks, [encoded(10_000 + i) for i in range(uploads)]
 
 
-def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploads: list[bytes], out_dir: Path) -> dict:
+def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploads: list[bytes], url: str,
+                 out_dir: Path) -> dict:
     from ray import serve
 
-    url = f"http://127.0.0.1:{spec.port}"
     image = noise_png(spec.image_size)
     runs: dict[str, dict] = {}
     _deploy(build_app(config), url)
     runs["mosaserve, bare backbone"] = _sweep(spec, Target(url), "backbone", [], image, out_dir / "backbone")
     for count in spec.task_counts:
         for mix in spec.mixes:
-            runs[f"mosaserve, {count} tasks, {mix}"] = _sweep(spec, Target(url), mix, tasks[:count], image,
-                                                               out_dir / f"mosaserve-{count}-{mix}")
+            runs[f"mosaserve, {count} tasks, {mix}"] = dict(
+                _sweep(spec, Target(url), mix, tasks[:count], image, out_dir / f"mosaserve-{count}-{mix}"),
+                tasks=count, mix=mix)
     storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
     serve.delete(APP)
-    _deploy(per_task_models_app(config, spec.max_models), url, path="/docs")
-    for count in spec.task_counts:
-        for mix in spec.mixes:
-            runs[f"per-task models, {count} tasks, {mix}"] = _sweep(
-                spec, Target(url, send_model_id=True), mix, tasks[:count], image, out_dir / f"per-task-{count}-{mix}")
-    serve.delete(APP)
+    for models in spec.max_models:
+        _deploy(per_task_models_app(config, models), url, path="/docs")
+        held = "all" if models == -1 else str(models)
+        for count in spec.task_counts:
+            for mix in spec.mixes:
+                runs[f"per-task models ({held} per replica), {count} tasks, {mix}"] = dict(
+                    _sweep(spec, Target(url, send_model_id=True), mix, tasks[:count], image,
+                           out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True)
+        serve.delete(APP)
     return {"runs": runs, "registration_storm": storm}
 
 
@@ -168,11 +177,10 @@ def summary_table(doc: dict) -> str:
     rows = {}
     for name, run in runs.items():
         row = dict(run["at_max_rate"] or {}, max_rate=run["max_rate_within_slo"])
-        baseline = runs.get(name.replace("mosaserve", "per-task models"), {}).get("goodput_at_slo_rps")
         row["vs_backbone"] = run["goodput_at_slo_rps"] / limit if limit else None
-        row["vs_per_task"] = run["goodput_at_slo_rps"] / baseline if baseline and name.startswith("mosaserve") else None
+        row["vs_per_task"] = _vs_best_baseline(runs, run)
         rows[name] = row
-    lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x per-task models |",
+    lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x best per-task models |",
              "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {_fmt(row['max_rate'])} | {_fmt(row.get('goodput_rps'))} | {_fmt(row.get('p50_ms'))} | "
@@ -183,6 +191,15 @@ def summary_table(doc: dict) -> str:
               f"failed requests {storm['verdict']['failed_requests']}", "",
               format_rows(storm["phases"], "registration burst phase")]
     return "\n".join(lines)
+
+
+def _vs_best_baseline(runs: dict, run: dict) -> float | None:
+    """A mosaserve run's goodput over the best per-task-model run of the same tasks and mix."""
+    if run.get("baseline") or "tasks" not in run:
+        return None
+    best = max((b["goodput_at_slo_rps"] for b in runs.values()
+                if b.get("baseline") and (b["tasks"], b["mix"]) == (run["tasks"], run["mix"])), default=0)
+    return run["goodput_at_slo_rps"] / best if best else None
 
 
 def _fmt(value, digits: int = 1) -> str:
