@@ -8,14 +8,23 @@ and are ignored (and removed by `collect_garbage`).
 
 Several processes (the replicas of a served application) may share one store: writers take an
 exclusive `flock` on `.lock`, and readers re-read the manifest whenever it was replaced.
+
+A manifest that cannot be read (torn by storage that lost the fsync'd bytes, or edited by hand) is
+moved aside and rebuilt from the files: the newest complete version of each task. Files only
+appear under their final name once complete, so each is whole; the limit is that a task removed
+just before the damage, whose file was not yet deleted, comes back, and a version written but
+never committed by the manifest may be chosen over the committed one.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import re
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +34,8 @@ from .errors import StoreError
 from .task_ids import validate_task_id
 
 MANIFEST = "manifest.json"
+VERSION_FILE = re.compile(r"v(\d{6})\.safetensors")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,12 @@ class AdapterStore:
         with self._lock, open(self.root / ".lock", "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                self._refresh()  # another process may have published since we last looked
+                self._refresh(holding_flock=True)  # another process may have published since we last looked
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
-    def _refresh(self) -> None:
+    def _refresh(self, holding_flock: bool = False) -> None:
         path = self.root / MANIFEST
         try:
             st = path.stat()
@@ -62,8 +73,44 @@ class AdapterStore:
             self._seen, self._entries = None, {}
             return
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._seen:
+        if stamp == self._seen:
+            return
+        try:
             self._entries, self._seen = self._read_manifest(path), stamp
+        except StoreError as exc:
+            self._entries = self._recover(exc) if holding_flock else self._with_flock(self._recover, exc)
+            self._refresh(holding_flock)  # stamp the rebuilt manifest
+
+    def _with_flock(self, action, *args):
+        with open(self.root / ".lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                return action(*args)
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _recover(self, error: StoreError) -> dict[str, StoreEntry]:
+        path = self.root / MANIFEST
+        try:
+            return self._read_manifest(path)  # another process rebuilt it while we waited for the lock
+        except StoreError:
+            pass
+        entries = self._entries_from_files()
+        aside = path.with_name(f"{MANIFEST}.unreadable-{time.time_ns()}")
+        os.replace(path, aside)
+        self._write_manifest(entries)
+        log.error("%s; moved it to %s and rebuilt it from the files: %s", error, aside.name,
+                  {t: e.version for t, e in sorted(entries.items())})
+        return entries
+
+    def _entries_from_files(self) -> dict[str, StoreEntry]:
+        entries = {}
+        for folder in sorted(f for f in (self.root / "tasks").iterdir() if f.is_dir() and _is_task_id(f.name)):
+            versions = [int(m.group(1)) for f in folder.iterdir() if (m := VERSION_FILE.fullmatch(f.name))]
+            if versions:
+                version = max(versions)
+                entries[folder.name] = StoreEntry(folder.name, version, f"tasks/{folder.name}/v{version:06d}.safetensors")
+        return entries
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, StoreEntry]:
@@ -121,3 +168,11 @@ class AdapterStore:
             for path in stray:
                 path.unlink(missing_ok=True)
             return stray
+
+
+def _is_task_id(name: str) -> bool:
+    try:
+        validate_task_id(name)
+    except ValueError:
+        return False
+    return True
