@@ -15,3 +15,7 @@ class BackboneMismatchError(AdapterFileError):
 
 class BackboneError(ValueError):
     """A backbone cannot be built or its checkpoint cannot be loaded."""
+
+
+class TrainStateError(ValueError):
+    """A training checkpoint is unreadable, damaged, or belongs to another run than the one resuming."""

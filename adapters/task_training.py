@@ -19,6 +19,7 @@ from .file_format import AdapterHeader, encode_adapter, load_adapter
 from .loading import build_adapted_model
 from .model import AdaptedViT
 from .preprocess import Preprocessor
+from .train_state import TrainState
 from .training import TrainConfig, accuracy, train_adapter
 
 
@@ -45,12 +46,15 @@ def split_for_training(data: ImageDataset, train_size: int, test_size: int) -> t
 
 def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, test: ImageDataset, method: str,
                cfg: TrainConfig, progress: bool = False,
-               on_epoch: Callable[[int, float], None] | None = None) -> TrainedTask:
+               on_epoch: Callable[[int, float], None] | None = None, resume: TrainState | None = None,
+               on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainedTask:
+    """`resume` and `on_checkpoint` as in `train_adapter`: a run stopped at an epoch end continues exactly."""
     prep = Preprocessor(info)
     config = AdapterConfig(method=method)
     model = AdaptedViT(copy.deepcopy(backbone), config, len(train.class_names), seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch)
+    result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch,
+                           resume=resume, on_checkpoint=on_checkpoint)
     provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs, "seed": cfg.seed}
     file_bytes = encode_adapter(AdapterHeader(config, info, train.class_names, provenance), model.export_tensors())
     served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))

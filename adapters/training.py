@@ -1,11 +1,12 @@
-"""Training one task's adapter on a frozen backbone: AdamW, warm-up then cosine, MoSA's extra loss."""
+"""Training one task's adapter on a frozen backbone: AdamW, warm-up then cosine, MoSA's extra loss; resumable."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from .errors import AdapterConfigError
 from .model import AdaptedViT
 from .optim import ExpertAdamW
+from .train_state import TrainState, capture_train_state, restore_train_state
 
 OPTIMIZERS = ("expert-adamw", "adamw")
 
@@ -92,6 +94,16 @@ def task_loss(model: AdaptedViT, images: Tensor, labels: Tensor, label_smoothing
     return loss
 
 
+def run_identity(model: AdaptedViT, cfg: TrainConfig, examples: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this run."""
+    return {"train_config": asdict(cfg), "adapter_config": model.config.to_dict(), "examples": examples}
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def train_adapter(
     model: AdaptedViT,
     images: Tensor,
@@ -99,37 +111,62 @@ def train_adapter(
     cfg: TrainConfig,
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    resume: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
 ) -> TrainResult:
-    """Trains the model's adapter and head on preprocessed images (float, N x 3 x H x W)."""
-    torch.manual_seed(cfg.seed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    optimizer = build_optimizer(model, cfg)
+    """Trains the model's adapter and head on preprocessed images (float, N x 3 x H x W).
+
+    `resume` continues a run from a checkpoint of it (same configs and data, a freshly built model)
+    exactly as if it had not stopped; `on_checkpoint` receives such a checkpoint at every epoch
+    end, before `on_epoch` (so a callback that stops the run still leaves the epoch saved).
+    """
+    run = run_identity(model, cfg, len(labels))
+    optimizer, shuffle = build_optimizer(model, cfg), torch.Generator()
+    if resume is None:
+        torch.manual_seed(cfg.seed)
+        shuffle.manual_seed(cfg.seed)
+        result = TrainResult()
+    else:
+        restore_train_state(resume, model, optimizer, shuffle, run)
+        result = TrainResult(list(resume.epoch_losses), 0.0, resume.steps)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
-    result, start = TrainResult(), time.perf_counter()
+    start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, disable=not progress, desc=f"train {model.config.method}", unit="step")
-    for epoch in range(cfg.epochs):
-        order, running = torch.randperm(len(labels), generator=shuffle), 0.0
-        for first in range(0, len(labels), cfg.batch_size):
-            batch = order[first : first + cfg.batch_size]
-            loss = task_loss(model, images[batch], labels[batch], cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            running += loss.item() * len(batch)
-            result.steps += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        result.epoch_losses.append(running / len(labels))
+    bar = tqdm(total=total, initial=result.steps, disable=not progress, desc=f"train {model.config.method}",
+               unit="step")
+    # The schedule is a pure function of the global step, so a resumed run needs only the step count.
+    lr_factor = partial(warmup_cosine, total_steps=total, warmup_steps=warmup)
+    for epoch in range(len(result.epoch_losses), cfg.epochs):
+        order = torch.randperm(len(labels), generator=shuffle)
+        loss = _train_epoch(model, optimizer, images, labels, order, cfg, result, lr_factor, bar)
+        result.epoch_losses.append(loss)
+        if on_checkpoint is not None:
+            on_checkpoint(capture_train_state(model, optimizer, shuffle, result.epoch_losses, result.steps, run))
         if on_epoch is not None:
-            on_epoch(epoch, result.epoch_losses[-1])
+            on_epoch(epoch, loss)
     bar.close()
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _train_epoch(model: AdaptedViT, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, order: Tensor,
+                 cfg: TrainConfig, result: TrainResult, lr_factor: Callable[[int], float], bar: tqdm) -> float:
+    """One pass over `order`; returns the epoch's mean loss. The learning rate is a function of the global step."""
+    running = 0.0
+    for first in range(0, len(labels), cfg.batch_size):
+        batch = order[first : first + cfg.batch_size]
+        loss = task_loss(model, images[batch], labels[batch], cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        set_learning_rate(optimizer, cfg.lr * lr_factor(result.steps))
+        optimizer.step()
+        running += loss.item() * len(batch)
+        result.steps += 1
+        bar.update(1)
+        bar.set_postfix(epoch=len(result.epoch_losses) + 1, loss=f"{loss.item():.3f}")
+    return running / len(labels)
 
 
 @torch.inference_mode()
