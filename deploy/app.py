@@ -39,4 +39,5 @@ def _absolute_paths(config: ServeConfig) -> ServeConfig:
     if spec.checkpoint is not None:
         spec = replace(spec, checkpoint=str(Path(spec.checkpoint).resolve()))
     datasets = str(Path(config.datasets_root).resolve()) if config.datasets_root else None
-    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()), datasets_root=datasets)
+    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()), datasets_root=datasets,
+                   jobs_dir=str(config.resolved_jobs_dir()))

@@ -31,6 +31,9 @@ class ServeConfigError(ValueError):
 class ServeConfig:
     backbone: BackboneSpec = EMBEDDED_BACKBONE
     store_dir: str = "out/store"
+    # Training jobs' records and checkpoints; None: beside the store, `<store_dir>-jobs`. Never inside
+    # the store, whose folder holds published adapters only.
+    jobs_dir: str | None = None
     replicas: int = 1
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
@@ -64,6 +67,22 @@ class ServeConfig:
             raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:
             raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus and trainer_num_cpus must not be negative")
+        self._check_jobs_dir()
+
+    def _check_jobs_dir(self) -> None:
+        if self.jobs_dir is not None and not self.jobs_dir.strip():
+            raise ServeConfigError("jobs_dir must be a folder path or null")
+        jobs, store = self.resolved_jobs_dir(), Path(self.store_dir).resolve()
+        if jobs == store or jobs.is_relative_to(store) or store.is_relative_to(jobs):
+            raise ServeConfigError(f"jobs_dir {str(jobs)!r} and store_dir {str(store)!r} must not contain each other")
+
+    def resolved_jobs_dir(self) -> Path:
+        if self.jobs_dir is not None:
+            return Path(self.jobs_dir).resolve()
+        store = Path(self.store_dir).resolve()
+        if not store.name:
+            raise ServeConfigError("store_dir is the filesystem root: set jobs_dir explicitly")
+        return store.with_name(f"{store.name}-jobs")
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(backbone=self.backbone, store_dir=str(Path(self.store_dir).resolve()),
@@ -82,7 +101,7 @@ class ServeConfig:
             raise ServeConfigError(f"unknown mosaserve settings: {unknown}; known: {sorted(known)}")
         if "backbone" in data:
             data["backbone"] = _backbone_from(data["backbone"])
-        for name in ("store_dir", "datasets_root"):
+        for name in ("store_dir", "jobs_dir", "datasets_root"):
             if data.get(name) is not None:
                 data[name] = str(data[name])
         try:

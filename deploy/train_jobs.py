@@ -1,5 +1,9 @@
 """Training jobs as the API sees them: a validated request and a status that moves through states.
 
+A job's status also says what happened to it across sidecar restarts: how often a restart found it
+unfinished (`restarts`) and the epoch its run resumed from (`resumed_from_epoch`, 0 when no
+checkpoint was written yet). A cancel is part of the status, so it survives a restart too.
+
 Dataset references from a request are never arbitrary paths: a built-in name, or `folder:REL` /
 `list:REL` relative to the configured `datasets_root` (and staying inside it).
 """
@@ -7,7 +11,7 @@ Dataset references from a request are never arbitrary paths: a built-in name, or
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +52,34 @@ class JobStatus:
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    cancel_requested: bool = False  # a running job stops at its next epoch end
+    restarts: int = 0  # times a sidecar stopped while this job ran (it was resumed each time)
+    resumed_from_epoch: int | None = None  # where the latest resumed run started; None: never interrupted
+    dataset_sha256: str | None = None  # of the split it trains and tests on; a resumed run must see the same
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+
+def status_after_restart(job: JobStatus, max_restarts: int) -> JobStatus:
+    """What a restarted sidecar makes of a job its predecessor left: finished jobs stay as they were,
+    a queued one waits again, a running one is queued to resume unless it was being cancelled or has
+    already been interrupted `max_restarts` times (a job that keeps killing the sidecar must end)."""
+    if job.finished or job.state == "queued":
+        return job
+    if job.cancel_requested:
+        return replace(job, state="cancelled", finished_at=time.time(), eta_s=None)
+    if job.restarts >= max_restarts:
+        reason = f"the training sidecar stopped {job.restarts + 1} times while this job ran; not resumed again"
+        return replace(job, state="failed", finished_at=time.time(), eta_s=None, error=reason)
+    return replace(job, state="queued", restarts=job.restarts + 1, eta_s=None)
 
 
 def parse_train_request(doc: Any, datasets_root: str | None) -> TrainRequest:

@@ -4,6 +4,11 @@ Jobs run one at a time on a worker thread. On success the merged adapter goes th
 path as an upload (a replica validates it, publishes it to the store, announces it), and the job
 succeeds once every replica serves it. A failure or a cancel publishes nothing: the adapter file
 exists only in memory until the atomic publish. Cancelling takes effect at the next epoch end.
+
+Jobs outlive the sidecar (deploy/train_job_records.py): every job's record and its last checkpoint
+are on disk, so when Serve restarts a sidecar that crashed or was killed, the new one lists finished
+jobs again, queues the waiting ones and resumes the interrupted one from its last epoch end. A job
+that cannot resume (checkpoint damaged, dataset gone or changed) fails with the reason.
 Give it its own CPUs or GPU with `trainer_num_cpus` (Ray then places it where they are).
 """
 
@@ -21,19 +26,19 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 
 from ..adapters.backbone import load_backbone
-from ..adapters.datasets import load_dataset
-from ..adapters.task_training import split_for_training, train_task
-from ..adapters.training import TrainConfig
+from ..adapters.task_training import TrainedTask
 from ..runtime.metrics import TrainingMetrics
 from .config import ServeConfig
 from .metrics_push import report_metrics_forever
-from .train_jobs import JobStatus, TrainRequest
+from .train_job_records import JobRecord, JobRecords
+from .train_job_run import JobCancelled, run_job
+from .train_jobs import JobStatus, TrainRequest, status_after_restart
 
 log = logging.getLogger(__name__)
 
-
-class JobCancelled(Exception):
-    pass
+MAX_RESTARTS = 3  # a job interrupted this often is failed rather than resumed again
+KEEP_FINISHED = 1000  # finished jobs' records kept across restarts, newest first
+OWNERSHIP_TIMEOUT_S = 60.0  # how long a new sidecar waits for an old one to let go of jobs_dir
 
 
 @serve.deployment
@@ -44,18 +49,45 @@ class TrainingSidecar:
         self.config, self.replicas, self.board = config, replicas, board
         self.jobs: dict[str, JobStatus] = {}
         self._requests: dict[str, TrainRequest] = {}
-        self._cancelled: set[str] = set()
         self._queue: queue.Queue[str] = queue.Queue()
         self._backbone = None
         self.registry = CollectorRegistry()
         self.metrics = TrainingMetrics(self.registry)
+        self.records = JobRecords(config.resolved_jobs_dir())
+        await asyncio.to_thread(self.records.take_ownership, OWNERSHIP_TIMEOUT_S)
+        await asyncio.to_thread(self._restore_jobs)
         process_id = f"trainer-{serve.get_replica_context().replica_id.unique_id}"
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, process_id, self.registry))
         threading.Thread(target=self._work, name="mosaserve-trainer", daemon=True).start()
 
+    # --- after a restart ---------------------------------------------------------------------
+    def _restore_jobs(self) -> None:
+        """Finished jobs are listed again, waiting and interrupted ones queued again, oldest first."""
+        records = self.records.load_all()
+        finished = [r for r in records if r.status.finished]
+        for old in sorted(finished, key=lambda r: r.status.finished_at or 0)[:-KEEP_FINISHED]:
+            self.records.forget(old.status.job_id)
+            records.remove(old)
+        for record in records:
+            self._restore(record)
+
+    def _restore(self, record: JobRecord) -> None:
+        job = status_after_restart(record.status, MAX_RESTARTS)
+        self.jobs[job.job_id], self._requests[job.job_id] = job, record.request
+        if job != record.status:
+            self.records.save(record.request, job)
+            log.warning("training job %s was %s when the sidecar stopped: now %s", job.job_id,
+                        record.status.state, job.state)
+        if job.finished:
+            self.records.drop_checkpoint(job.job_id)  # a crash may have come between finishing and deleting
+        else:
+            self._queue.put(job.job_id)
+
+    # --- the API -----------------------------------------------------------------------------
     def submit(self, request: TrainRequest) -> dict:
         job = JobStatus(uuid.uuid4().hex[:16], request.task_id, request.method, request.dataset, request.epochs)
+        self.records.save(request, job)  # on disk before it is acknowledged
         self.jobs[job.job_id], self._requests[job.job_id] = job, request
         self.metrics.jobs.labels("submitted").inc()
         self._queue.put(job.job_id)
@@ -71,15 +103,21 @@ class TrainingSidecar:
             return None
         if job.state == "queued":
             self._finish(job, "cancelled")
-        elif job.state == "running":
-            self._cancelled.add(job_id)
+        elif job.state == "running" and not job.cancel_requested:
+            job.cancel_requested = True
+            self.records.save(self._requests[job_id], job)  # a restart in between still cancels
         return job.to_dict()
 
+    # --- the worker --------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             job = self.jobs[self._queue.get()]
-            if job.state == "queued":
-                self._run(job, self._requests.pop(job.job_id))
+            if job.state != "queued":
+                continue
+            try:
+                self._run(job, self._requests[job.job_id])
+            except Exception:  # noqa: BLE001 - e.g. a full disk while finishing: the worker must live on
+                log.exception("training job %s could not be finished cleanly", job.job_id)
 
     def _run(self, job: JobStatus, request: TrainRequest) -> None:
         job.state = "running"
@@ -99,26 +137,21 @@ class TrainingSidecar:
 
     def _train_and_register(self, job: JobStatus, request: TrainRequest) -> int:
         backbone, info = self._load_backbone()
-        data = load_dataset(request.dataset, info.input_size[-1])
-        began = last = time.monotonic()
-
-        def on_epoch(epoch: int, loss: float) -> None:
-            nonlocal last
-            now = time.monotonic()
-            self.metrics.epoch_seconds.observe(now - last)
-            self.metrics.loss.labels(job.task_id).set(loss)
-            job.epoch, job.loss, last = epoch + 1, loss, now
-            job.eta_s = round((now - began) / job.epoch * (job.epochs - job.epoch), 1)
-            if job.job_id in self._cancelled:
-                raise JobCancelled()
-
-        cfg = TrainConfig(epochs=request.epochs, lr=request.lr, seed=request.seed)
-        train, test = split_for_training(data, request.train_size, request.test_size)
-        trained = train_task(backbone, info, train, test, request.method, cfg, on_epoch=on_epoch)
-        job.test_accuracy = trained.test_accuracy
+        trained = run_job(job, request, self.records, backbone, info, on_epoch_end=self._observe_epoch(job))
         self.metrics.accuracy.labels(job.task_id).set(trained.test_accuracy)
-        if job.job_id in self._cancelled:
+        if job.cancel_requested:
             raise JobCancelled()
+        return self._register(job, trained)
+
+    def _observe_epoch(self, job: JobStatus):
+        def observe(seconds: float, loss: float) -> None:
+            self.metrics.epoch_seconds.observe(seconds)
+            self.metrics.loss.labels(job.task_id).set(loss)
+
+        return observe
+
+    def _register(self, job: JobStatus, trained: TrainedTask) -> int:
+        """Through a replica, as an upload: validated, then published atomically, then announced."""
         reply = self.replicas.register.remote(job.task_id, trained.file_bytes).result(timeout_s=300)
         if not reply.ok:
             raise RuntimeError(f"registration refused ({reply.status}): {reply.message}")
@@ -132,5 +165,6 @@ class TrainingSidecar:
 
     def _finish(self, job: JobStatus, state: str, error: str | None = None) -> None:
         job.state, job.error, job.finished_at, job.eta_s = state, error, time.time(), None
-        self._cancelled.discard(job.job_id)
+        self.records.save(self._requests[job.job_id], job)  # finished on disk first, then its checkpoint goes
+        self.records.drop_checkpoint(job.job_id)
         self.metrics.jobs.labels(state).inc()

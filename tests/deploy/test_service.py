@@ -320,3 +320,78 @@ def test_training_jobs_can_be_cancelled_and_bad_requests_are_refused(service):
         assert reply.status_code == 400 and reply.json()["error"], bad
     assert requests.post(url, data=b"{oops", headers=ADMIN, timeout=30).status_code == 400
     assert requests.get(f"{url}/nope", headers=ADMIN, timeout=30).status_code == 404
+
+
+def kill_training_sidecar() -> None:
+    """Kills the sidecar replica's process, as a crash would; Serve's controller notices and starts a new one."""
+    import ray
+
+    found = [a for a in ray.util.list_named_actors(all_namespaces=True) if "TrainingSidecar" in a["name"]]
+    assert len(found) == 1, found
+    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=True)
+
+
+def start_job_and_wait_for_first_epoch(service, body: dict) -> dict:
+    job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
+    deadline, job = time.monotonic() + 120, {}
+    while time.monotonic() < deadline and job.get("epoch", 0) < 1:
+        job = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+        time.sleep(0.1)
+    assert job["state"] == "running" and 1 <= job["epoch"] < body["epochs"], job
+    return job
+
+
+def poll_until_finished(service, job_id: str, timeout_s: float, on_poll=None) -> dict:
+    """Polls through the outage: while Serve replaces the killed replica, requests may fail or wait."""
+    deadline, job = time.monotonic() + timeout_s, {"state": "?"}
+    while time.monotonic() < deadline and job["state"] not in ("succeeded", "failed", "cancelled"):
+        reply = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=60)
+        if reply.status_code == 200:
+            job = reply.json()
+            if on_poll is not None:
+                on_poll(job)
+        time.sleep(0.2)
+    return job
+
+
+def test_training_job_resumes_after_the_sidecar_is_killed_and_publishes_once(service):
+    from mosaserve.adapters.train_state import load_train_state
+    from mosaserve.runtime.store import AdapterStore
+
+    store, epochs = AdapterStore(service.config.store_dir), 40
+    body = {"task_id": "survivor", "dataset": "digits", "epochs": epochs, "train_size": 600, "test_size": 60}
+    job_id = start_job_and_wait_for_first_epoch(service, body)["job_id"]
+    job_dir = service.config.resolved_jobs_dir() / job_id
+
+    kill_training_sidecar()
+    checkpoint = load_train_state(job_dir / "checkpoint.safetensors")  # complete, though its writer died
+    assert checkpoint.epochs_done >= 1
+    assert "survivor" not in store.entries()
+    assert requests.get(f"{service.url}/v1/tasks/survivor", timeout=30).status_code == 404
+
+    seen = []  # (epoch, published) at every poll: nothing is published before training has ended
+    job = poll_until_finished(service, job_id, 240, lambda j: seen.append((j["epoch"], "survivor" in store.entries())))
+    assert job["state"] == "succeeded", job
+    assert job["restarts"] == 1 and job["resumed_from_epoch"] >= checkpoint.epochs_done >= 1, job
+    assert job["epoch"] == epochs and job["version"] == 1 and store.entries()["survivor"].version == 1
+    assert seen and not [s for s in seen if s[1] and s[0] < epochs], seen
+    assert not (job_dir / "checkpoint.safetensors").exists()  # finished: its checkpoint is gone
+    answer = service.predict("survivor", png())
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+
+
+def test_training_job_whose_checkpoint_is_damaged_while_the_sidecar_is_down_fails_clearly(service):
+    from mosaserve.runtime.store import AdapterStore
+
+    body = {"task_id": "casualty", "dataset": "digits", "epochs": 40, "train_size": 600, "test_size": 60}
+    job_id = start_job_and_wait_for_first_epoch(service, body)["job_id"]
+    kill_training_sidecar()
+    checkpoint = service.config.resolved_jobs_dir() / job_id / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # Serve takes seconds to notice the dead replica
+    job = poll_until_finished(service, job_id, 120)
+    assert job["state"] == "failed" and job["restarts"] == 1, job
+    assert job["error"].startswith("JobResumeError: cannot resume: training checkpoint"), job
+    assert "unreadable" in job["error"]
+    assert "casualty" not in AdapterStore(service.config.store_dir).entries()
+    assert requests.get(f"{service.url}/v1/tasks/casualty", timeout=30).status_code == 404
+    assert not checkpoint.exists()
