@@ -20,6 +20,7 @@ from .config import ServeConfig
 from .errors import ApiError
 from .metrics_push import report_metrics_forever
 from .replica import ChangeReply, PredictItem, RowReply
+from .replica_calls import predict_row
 from .request_body import images_from_body, read_limited
 from .train_jobs import parse_train_request
 
@@ -94,7 +95,7 @@ class Ingress:
         images = await asyncio.to_thread(self._decode_all, encoded)
         sent_at = time.time()
         replies: list[RowReply] = await asyncio.gather(
-            *(self.replicas.predict.remote(PredictItem(image, task_id, k, sent_at)) for image in images)
+            *(predict_row(self.replicas, PredictItem(image, task_id, k, sent_at)) for image in images)
         )
         failed = next((r for r in replies if r.error), None)
         if failed is not None:

@@ -1,0 +1,30 @@
+"""The side-by-side comparison end to end, at toy scale, on the shared test cluster.
+
+Its own module: the comparison deploys its systems on "/", where the `service` fixture's
+application lives while a module using it runs."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
+    from mosaserve.deploy.side_by_side import CompareSpec, compare_on_cluster
+
+    from ..conftest import TINY_VIT
+
+    spec = CompareSpec(backbone=TINY_VIT, task_counts=(3,), mixes=("uniform",), rates=(5, 10), duration_s=1.0,
+                       warmup_s=0.5, r=4, max_models=(-1, 1), registrations=2, image_size=20, slo_ms=5000)
+    doc = compare_on_cluster(spec, ray_cluster, tmp_path / "work", tmp_path / "out")
+    runs = doc["runs"]
+    assert list(runs) == ["mosaserve, bare backbone", "mosaserve, 3 tasks, uniform",
+                          "per-task models (all per replica), 3 tasks, uniform",
+                          "per-task models (1 per replica), 3 tasks, uniform"]
+    for name, run in runs.items():
+        assert run["max_rate_within_slo"] == 10.0, name  # a 5 s SLO: both rates pass on every system
+        assert run["at_max_rate"]["errors"] == 0 and run["goodput_at_slo_rps"] > 0, name
+    storm = doc["registration_storm"]
+    assert storm["registrations"]["statuses"] == {"201": 1, "200": 1} and storm["verdict"]["failed_requests"] == 0
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert all(f"| {name} |" in table for name in runs)
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["spec"]["max_models"] == [-1, 1]
