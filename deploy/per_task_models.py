@@ -13,6 +13,8 @@ import copy
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from ray import serve
 from ray.serve import Application
 
@@ -40,6 +42,8 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
             self.backbone, self.info = load_backbone(config.backbone)
             self.preprocess = Preprocessor(self.info)
             self.store = AdapterStore(config.store_dir)
+            self.registry = CollectorRegistry()
+            ProcessCollector(registry=self.registry)  # its memory, to set beside mosaserve's
             self.classify.set_max_batch_size(config.max_batch_size)
             self.classify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -65,6 +69,10 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
             except KeyError as exc:
                 raise HTTPException(404, f"task {task_id!r} is not registered") from exc
             return {"task_id": task_id, "predictions": [{"top_k": [{"label": label, "probability": probability}]}]}
+
+        @app.get("/metrics")
+        async def metrics(self) -> Response:
+            return Response(generate_latest(self.registry), media_type="text/plain")
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def classify(self, images: list[torch.Tensor]) -> list[tuple[str, float]]:

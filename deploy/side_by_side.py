@@ -23,6 +23,7 @@ from pathlib import Path
 from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.file_format import encode_adapter
 from ..loadtests.inputs import noise_png
+from ..loadtests.metrics_sampler import resident_memory
 from ..loadtests.mixes import make_mix
 from ..loadtests.report import format_rows
 from ..loadtests.runner import Target
@@ -113,12 +114,13 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
     image = noise_png(spec.image_size)
     runs: dict[str, dict] = {}
     _deploy(build_app(config), url)
-    runs["mosaserve, bare backbone"] = _sweep(spec, Target(url), "backbone", [], image, out_dir / "backbone")
+    runs["mosaserve, bare backbone"] = dict(_sweep(spec, Target(url), "backbone", [], image, out_dir / "backbone"),
+                                            serving_rss_mib=_serving_memory_mib(url))
     for count in spec.task_counts:
         for mix in spec.mixes:
             runs[f"mosaserve, {count} tasks, {mix}"] = dict(
                 _sweep(spec, Target(url), mix, tasks[:count], image, out_dir / f"mosaserve-{count}-{mix}"),
-                tasks=count, mix=mix)
+                tasks=count, mix=mix, serving_rss_mib=_serving_memory_mib(url))
     storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
     serve.delete(APP)
     for models in spec.max_models:
@@ -128,7 +130,8 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
             for mix in spec.mixes:
                 runs[f"per-task models ({held} per replica), {count} tasks, {mix}"] = dict(
                     _sweep(spec, Target(url, send_model_id=True), mix, tasks[:count], image,
-                           out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True)
+                           out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True,
+                    serving_rss_mib=_serving_memory_mib(url))
         serve.delete(APP)
     return {"runs": runs, "registration_storm": storm}
 
@@ -159,6 +162,13 @@ def _sweep(spec: CompareSpec, target: Target, mix: str, tasks: list[str], image:
             "report": str(out / "report.json")}
 
 
+def _serving_memory_mib(url: str) -> float:
+    """Resident memory of the serving replicas (mosaserve's ingress, board and sidecar left out)."""
+    memory = resident_memory(url)
+    serving = [v for name, v in memory.items() if name.startswith("replica-") or name == "service"]
+    return round(sum(serving) / 2**20, 1)
+
+
 def _registration_storm(spec, url, tasks, uploads, image, runs, out: Path) -> dict:
     """Uploads (new tasks, then replacements) during steady load over the largest task set."""
     largest = max(spec.task_counts)
@@ -180,11 +190,12 @@ def summary_table(doc: dict) -> str:
         row["vs_backbone"] = run["goodput_at_slo_rps"] / limit if limit else None
         row["vs_per_task"] = _vs_best_baseline(runs, run)
         rows[name] = row
-    lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x best per-task models |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x best per-task models | "
+             "serving RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {_fmt(row['max_rate'])} | {_fmt(row.get('goodput_rps'))} | {_fmt(row.get('p50_ms'))} | "
-                     f"{_fmt(row.get('p99_ms'))} | {_fmt(row['vs_backbone'], 2)} | {_fmt(row['vs_per_task'], 2)} |")
+                     f"{_fmt(row.get('p99_ms'))} | {_fmt(row['vs_backbone'], 2)} | {_fmt(row['vs_per_task'], 2)} | "
+                     f"{_fmt(runs[name].get('serving_rss_mib'), 0)} |")
     storm = doc["registration_storm"]
     lines += ["", f"Registration burst at {storm['rate']} req/s: {storm['registrations']['count']} uploads "
               f"({storm['registrations']['statuses']}), p99 during / before = {_fmt(storm['verdict']['p99_ratio'], 2)}, "

@@ -20,7 +20,8 @@ def run_command(args: argparse.Namespace) -> int:
     spec = LoadSpec(rate=args.rate, duration_s=args.duration, slo_s=args.slo_ms / 1000, warmup_s=args.warmup,
                     seed=args.seed, burst_factor=args.burst_factor, burst_s=args.burst_seconds,
                     sweep_rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
-                    registrations=args.registrations, allow_remote=args.allow_remote)
+                    registrations=args.registrations, registration_every_s=args.registration_every,
+                    allow_remote=args.allow_remote)
     image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
     files = adapter_files(Path(args.adapters)) if args.adapters else []
     target = Target(args.url, "image/jpeg" if args.image and args.image.lower().endswith((".jpg", ".jpeg"))
@@ -34,7 +35,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")
-    parser.add_argument("--scenario", default="steady", choices=["steady", "sweep", "burst", "registrations"])
+    parser.add_argument("--scenario", default="steady", choices=["steady", "sweep", "burst", "registrations", "soak"])
     parser.add_argument("--mix", default="uniform", choices=["uniform", "zipf", "single", "backbone"])
     parser.add_argument("--tasks", help="comma-separated task ids (default: every registered task)")
     parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent: weight of rank k is 1/k^s")
@@ -46,7 +47,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst-factor", type=float, default=3.0)
     parser.add_argument("--burst-seconds", type=float, default=3.0)
     parser.add_argument("--registrations", type=int, default=20, help="uploads in the registrations scenario")
-    parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations)")
+    parser.add_argument("--registration-every", type=float, default=10.0, help="soak: seconds between uploads")
+    parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations, soak)")
     parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")
     parser.add_argument("--image", help="a PNG or JPEG to send (default: a random PNG)")
     parser.add_argument("--image-size", type=int, default=32)

@@ -19,7 +19,9 @@ PHASE_SHADES = ((245, 245, 245), (228, 236, 248))
 DOT, ERROR, SLO = (31, 119, 180), (214, 39, 40), (90, 90, 90)
 
 
-def plot_latency(records: list[RequestRecord], phases: list[Phase], slo_s: float, path: Path, title: str) -> Path:
+def plot_latency(records: list[RequestRecord], phases: list[Phase], slo_s: float, path: Path, title: str,
+                 start_s: float = 0.0) -> Path:
+    """`phases` are those plotted, the first starting at `start_s` of the run (after a warm-up, say)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
     total_s = sum(p.duration_s for p in phases)
@@ -37,10 +39,10 @@ def plot_latency(records: list[RequestRecord], phases: list[Phase], slo_s: float
     _axes(draw, font, low, high, total_s, x, y)
     for r in records:
         if r.ok:
-            px, py = x(r.due_s), y(r.latency_s * 1000)
+            px, py = x(r.due_s - start_s), y(r.latency_s * 1000)
             draw.rectangle((px - 1, py - 1, px + 1, py + 1), fill=DOT)
         else:
-            px = x(r.due_s)
+            px = x(r.due_s - start_s)
             draw.line((px, MARGIN_TOP + 2, px, MARGIN_TOP + 10), fill=ERROR, width=2)
     for left in range(MARGIN_LEFT, WIDTH - MARGIN_RIGHT, 12):
         draw.line((left, y(slo_s * 1000), left + 6, y(slo_s * 1000)), fill=SLO)

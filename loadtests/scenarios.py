@@ -1,4 +1,4 @@
-"""Load-test scenarios: steady rate, rate sweep to the SLO, burst, and registrations under load.
+"""Load-test scenarios: steady rate, rate sweep to the SLO, burst, registrations under load, and soak.
 
 Each scenario is a list of phases (see schedule.py), optionally with admin uploads during one of
 them; `run_scenario` sends it, and writes the report (JSON), its table and a latency plot (PNG).
@@ -12,11 +12,12 @@ from pathlib import Path
 
 from .mixes import TaskMix
 from .plot import plot_latency
-from .report import format_report, format_rows, meets_slo, report
+from .metrics_sampler import MemorySampler, memory_drift
+from .report import format_report, format_rows, meets_slo, report, summarise
 from .runner import Registration, Target, run_load
 from .schedule import Phase, plan_arrivals
 
-SCENARIOS = ("steady", "sweep", "burst", "registrations")
+SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak")
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,16 @@ class LoadSpec:
     burst_s: float = 3.0
     sweep_rates: tuple[float, ...] = ()
     registrations: int = 20  # uploads in the registrations scenario
+    registration_every_s: float = 10.0  # soak: one upload this often
+    windows: int = 5  # soak: latency compared across this many equal spans of the run
     allow_remote: bool = False
 
 
 def phases_for(scenario: str, spec: LoadSpec) -> list[Phase]:
     warmup = [Phase("warmup", spec.rate, spec.warmup_s, measured=False)] if spec.warmup_s > 0 else []
     half = spec.duration_s / 2
-    if scenario in ("steady", "sweep"):
-        return warmup + [Phase("steady", spec.rate, spec.duration_s)]
+    if scenario in ("steady", "sweep", "soak"):
+        return warmup + [Phase(scenario if scenario == "soak" else "steady", spec.rate, spec.duration_s)]
     if scenario == "burst":
         return warmup + [Phase("before", spec.rate, half), Phase("burst", spec.rate * spec.burst_factor, spec.burst_s),
                          Phase("after", spec.rate, half)]
@@ -57,11 +60,24 @@ def registration_plan(phases: list[Phase], files: list[bytes], count: int, prefi
             for i in range(count)]
 
 
+def periodic_registrations(phases: list[Phase], files: list[bytes], every_s: float, distinct: int = 4,
+                           prefix: str = "soak-") -> list[Registration]:
+    """One upload every `every_s` over the last phase, cycling over `distinct` tasks (so most replace one)."""
+    if not files:
+        raise ValueError("periodic registrations need adapter files to upload")
+    start, span = sum(p.duration_s for p in phases[:-1]), phases[-1].duration_s
+    count = int(span // every_s)
+    return [Registration(start + (i + 0.5) * every_s, f"{prefix}{i % distinct}", files[i % len(files)])
+            for i in range(count)]
+
+
 def run_scenario(scenario: str, target: Target, spec: LoadSpec, mix: TaskMix, image: bytes, out_dir: Path,
                  adapter_files: list[bytes] = (), admin_token: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if scenario == "sweep":
         doc = _sweep(target, spec, mix, image, out_dir)
+    elif scenario == "soak":
+        doc = _soak(target, spec, mix, image, out_dir, list(adapter_files), admin_token)
     else:
         doc = _run_once(scenario, target, spec, mix, image, out_dir, list(adapter_files), admin_token)
     doc.update(scenario=scenario, mix=mix.describe(), target=target.url, spec=asdict(spec))
@@ -75,12 +91,42 @@ def _run_once(scenario, target, spec, mix, image, out_dir, adapter_files, admin_
     result = run_load(target, plan_arrivals(phases, mix, spec.seed), image, uploads, admin_token, spec.allow_remote)
     doc = report(result, phases, spec.slo_s)
     measured = [r for r in result.requests if r.phase != "warmup"]
+    warmup_s = sum(p.duration_s for p in phases if not p.measured)  # warm-up comes first
     plot = plot_latency(measured, [p for p in phases if p.measured], spec.slo_s, out_dir / f"{name}.png",
-                        f"{scenario}: {mix.describe()}")
+                        f"{scenario}: {mix.describe()}", start_s=warmup_s)
     doc["plot"] = str(plot)
     if scenario in ("registrations", "burst"):
         doc["verdict"] = _phase_verdict(doc, "registrations" if scenario == "registrations" else "burst")
     return doc
+
+
+def _soak(target, spec, mix, image, out_dir, adapter_files, admin_token) -> dict:
+    """A long steady run with periodic uploads, sampling the service's memory; start against end."""
+    phases = phases_for("soak", spec)
+    uploads = periodic_registrations(phases, adapter_files, spec.registration_every_s) if adapter_files else []
+    with MemorySampler(target.url, every_s=min(5.0, max(0.5, spec.duration_s / 10))) as sampler:
+        result = run_load(target, plan_arrivals(phases, mix, spec.seed), image, uploads, admin_token, spec.allow_remote)
+    doc = report(result, phases, spec.slo_s)
+    measured = [r for r in result.requests if r.phase == "soak"]
+    windows = latency_windows(measured, spec.warmup_s, spec.duration_s, spec.windows)
+    first, last = windows[0]["p99_ms"], windows[-1]["p99_ms"]
+    doc["soak"] = {"windows": windows, "p99_last_over_first": last / first if first and last else None,
+                   "memory": memory_drift(sampler.samples, skip_s=spec.warmup_s)}
+    doc["plot"] = str(plot_latency(measured, [phases[-1]], spec.slo_s, out_dir / "latency.png",
+                                   f"soak: {mix.describe()}", start_s=spec.warmup_s))
+    return doc
+
+
+def latency_windows(records, start_s: float, duration_s: float, count: int) -> list[dict]:
+    """p50/p99 and errors of the requests due in each of `count` equal spans of the run."""
+    span = duration_s / count
+    windows = []
+    for i in range(count):
+        inside = [r for r in records if start_s + i * span <= r.due_s < start_s + (i + 1) * span]
+        summary = summarise(inside, span, 1.0)
+        windows.append({"from_s": round(i * span, 1), "requests": summary["requests"], "errors": summary["errors"],
+                        "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"]})
+    return windows
 
 
 def _phase_verdict(doc: dict, phase: str) -> dict:
@@ -109,9 +155,19 @@ def _sweep(target, spec, mix, image, out_dir) -> dict:
 
 
 def format_scenario(doc: dict) -> str:
+    if doc["scenario"] == "soak":
+        soak = doc["soak"]
+        return (format_report(doc) + "\n\n" + format_rows({f"from {w['from_s']} s": _window_row(w) for w in soak["windows"]},
+                                                          "soak window") +
+                f"\n\np99 last window / first: {soak['p99_last_over_first']}\nmemory (MiB): {soak['memory']}")
     if doc["scenario"] != "sweep":
         text = format_report(doc)
         return text + (f"\nverdict: {doc['verdict']}" if "verdict" in doc else "")
     rows = {f"{rate}/s": run["overall"] for rate, run in doc["runs"].items()}
     return (format_rows(rows, "offered rate") + f"\n\nhighest rate within the SLO: {doc['max_rate_within_slo']} "
             f"req/s (goodput {doc['goodput_at_slo_rps']:.1f} req/s)")
+
+
+def _window_row(window: dict) -> dict:
+    return {"requests": window["requests"], "errors": window["errors"], "offered_rps": None, "throughput_rps": None,
+            "goodput_rps": None, "p50_ms": window["p50_ms"], "p95_ms": None, "p99_ms": window["p99_ms"]}

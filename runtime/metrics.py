@@ -7,7 +7,7 @@ scrape of the service returns the metrics of every replica.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -17,10 +17,16 @@ COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def _watch_process(registry: CollectorRegistry) -> None:
+    """The process's memory, CPU time and open files (`process_*`): a soak run watches them for drift."""
+    ProcessCollector(registry=registry)
+
+
 class RequestMetrics:
     """Per task, recorded where requests enter (the HTTP ingress)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        _watch_process(registry)
         self.requests = Counter("mosaserve_requests", "Inference requests per task (one per HTTP call, whatever its image count).", ["task"],
                                 registry=registry)
         self.errors = Counter("mosaserve_request_errors", "Failed inference requests per task and HTTP status.",
@@ -38,6 +44,7 @@ class BatchMetrics:
     """Per batch and per replica, recorded where batches run."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        _watch_process(registry)
         self.batch_size = Histogram("mosaserve_batch_size", "Images per executed batch.",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.distinct_tasks = Histogram("mosaserve_batch_distinct_tasks",
@@ -103,6 +110,7 @@ class TrainingMetrics:
     """The training sidecar's jobs, exported beside the serving metrics."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        _watch_process(registry)
         self.jobs = Counter("mosaserve_training_jobs", "Training jobs by final state (and submitted).", ["state"],
                             registry=registry)
         self.running = Gauge("mosaserve_training_jobs_running", "Training jobs running now.", registry=registry)

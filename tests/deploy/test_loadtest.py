@@ -93,3 +93,21 @@ def test_per_task_model_baseline_answers_as_mosaserve_does(service):
     finally:
         serve.delete("baseline")
 
+
+
+def test_soak_reports_latency_windows_and_the_memory_of_every_process(service, tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "a.safetensors").write_bytes(service.adapter(seed=450)[0])
+    out = tmp_path / "soak"
+    assert main(["loadtest", "run", "--url", service.url, "--scenario", "soak", "--mix", "backbone", "--rate", "10",
+                 "--duration", "6", "--warmup", "1", "--registration-every", "2", "--adapters", str(uploads),
+                 "--token", TOKEN, "--slo-ms", "5000", "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["overall"]["errors"] == 0 and doc["registrations"]["accepted"] == 3
+    windows = doc["soak"]["windows"]
+    assert len(windows) == 5 and sum(w["requests"] for w in windows) == 60 and all(w["p99_ms"] for w in windows)
+    memory = doc["soak"]["memory"]
+    replicas = [name for name in memory if name.startswith("replica-")]
+    assert len(replicas) == 2 and any(name.startswith("ingress-") for name in memory)
+    assert all(100 < m["start_mib"] < 8000 and 100 < m["end_mib"] < 8000 for m in memory.values())

@@ -140,3 +140,21 @@ def test_open_loop_latency_counts_the_queue_a_slow_server_builds():
 def test_load_targets_loopback_unless_told_otherwise():
     with pytest.raises(ValueError, match="loopback"):
         run_load(Target("http://192.0.2.1:8000"), [], b"x")
+
+
+def test_soak_parts_windows_periodic_uploads_and_memory_drift():
+    from mosaserve.loadtests.metrics_sampler import memory_drift
+    from mosaserve.loadtests.scenarios import latency_windows, periodic_registrations
+
+    phases = phases_for("soak", LoadSpec(rate=2, duration_s=30, warmup_s=5))
+    assert [(p.name, p.measured) for p in phases] == [("warmup", False), ("soak", True)]
+    uploads = periodic_registrations(phases, [b"f"], every_s=10, distinct=2)
+    assert [(u.due_s, u.task) for u in uploads] == [(10.0, "soak-0"), (20.0, "soak-1"), (30.0, "soak-0")]
+    records = [RequestRecord("a", "soak", 5 + i, (10 + i) / 1000, 200) for i in range(30)]
+    windows = latency_windows(records, start_s=5, duration_s=30, count=3)
+    assert [w["requests"] for w in windows] == [10, 10, 10]
+    assert [w["p99_ms"] for w in windows] == [19.0, 29.0, 39.0] and windows[1]["from_s"] == 10.0
+    samples = [(t, {"replica-a": 100 * 2**20 + t * 2**20, "ingress": 50 * 2**20}) for t in range(0, 60, 5)]
+    drift = memory_drift(samples, skip_s=5)
+    assert drift["ingress"] == {"start_mib": 50.0, "end_mib": 50.0, "growth": 0.0}
+    assert drift["replica-a"]["start_mib"] == 110.0 and drift["replica-a"]["end_mib"] == 150.0
