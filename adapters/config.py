@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -43,6 +44,10 @@ class AdapterConfig:
     target_blocks: tuple[int, ...] | None = None  # None: every block
 
     def __post_init__(self) -> None:
+        for name in ("scale", "dropout", "consistency_weight", "lora_alpha"):
+            # NaN passes every range check below and makes every prediction NaN; JSON headers can carry it.
+            if not math.isfinite(getattr(self, name)):
+                raise AdapterConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise AdapterConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.r < 1:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union
 
@@ -37,6 +37,8 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEADER_FIELDS = {"format", "format_version", "adapter", "backbone", "num_classes", "labels", "provenance", "content_sha256"}
+# A file records every hyper-parameter: one left out would silently take today's default instead.
+ADAPTER_FIELDS = {f.name for f in fields(AdapterConfig)}
 BACKBONE_FIELDS = {
     "name": str, "kwargs": dict, "fingerprint": str, "num_features": int, "depth": int,
     "input_size": list, "mean": list, "std": list, "interpolation": str, "crop_pct": (int, float),
@@ -202,6 +204,7 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
         raise AdapterFileError(f"format_version {raw['format_version']!r} is not supported (this reader: {FORMAT_VERSION})")
     if not isinstance(raw["adapter"], dict):
         raise AdapterFileError("header field 'adapter' must be an object")
+    _require_exact_fields("adapter config", raw["adapter"], ADAPTER_FIELDS)
     try:
         adapter = AdapterConfig.from_dict(raw["adapter"])
     except AdapterConfigError as exc:

@@ -2,13 +2,14 @@
 
 
 import asyncio
-import json
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..adapters.images import BadImageError, ImageTooLargeError, decode_image
@@ -21,8 +22,8 @@ from .errors import ApiError
 from .metrics_push import report_metrics_forever
 from .replica import ChangeReply, PredictItem, RowReply
 from .replica_calls import predict_row
-from .request_body import images_from_body, read_limited
-from .train_jobs import parse_train_request
+from .request_body import images_from_body, json_document, read_limited
+from .train_jobs import TrainRequest, parse_train_request
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -35,12 +36,35 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=headers)
 
 
+# Routing and parameter errors answer in the same {"error", "status"} shape as ours, so a client
+# reads every 4xx the same way.
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+@app.exception_handler(RequestValidationError)
+async def _parameter_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{' '.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors())
+    return JSONResponse({"error": f"invalid request: {problems}", "status": 400}, status_code=400)
+
+
 # Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
 def _valid_task_id(task_id: str) -> None:
     try:
         validate_task_id(task_id)
     except InvalidTaskIdError as exc:
         raise ApiError(400, str(exc)) from exc
+
+
+def _train_request(doc: object, datasets_root: str | None) -> TrainRequest:
+    try:
+        return parse_train_request(doc, datasets_root)
+    except ApiError:
+        raise
+    except ValueError as exc:  # the OS path functions refuse e.g. a NUL byte in a dataset path
+        raise ApiError(400, f"invalid training request: {exc}") from exc
 
 
 def _prediction(reply: RowReply) -> dict:
@@ -177,11 +201,7 @@ class Ingress:
         """Train a task: JSON {task_id, dataset, method?, epochs?, train_size?, test_size?, lr?, seed?}. Admin."""
         require_admin(request.headers.get("authorization"), self.admin_token)
         raw = await read_limited(request.stream(), request.headers.get("content-length"), 64 * 1024, "request body")
-        try:
-            doc = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}") from exc
-        job = await self.trainer.submit.remote(parse_train_request(doc, self.config.datasets_root))
+        job = await self.trainer.submit.remote(_train_request(json_document(raw or b"null"), self.config.datasets_root))
         return JSONResponse(job, status_code=202)
 
     @app.get("/v1/train/{job_id}")

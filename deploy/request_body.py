@@ -16,7 +16,9 @@ from .errors import ApiError
 
 
 async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None, limit: int, what: str) -> bytes:
-    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+    # isdigit() alone also accepts digits int() refuses, such as "²".
+    announced = declared_length is not None and declared_length.isascii() and declared_length.isdigit()
+    if announced and int(declared_length) > limit:
         raise ApiError(413, f"{what} is {int(declared_length)} bytes; the limit is {limit}")
     body = bytearray()
     async for chunk in chunks:
@@ -26,15 +28,24 @@ async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None
     return bytes(body)
 
 
+def json_document(body: bytes) -> object:
+    """The parsed JSON body; anything unparsable is the client's 400."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}") from exc
+    except RecursionError as exc:
+        # Python's parser recurses once per nesting level, so "[[[[..." well within the size limit
+        # would otherwise escape as a server error.
+        raise ApiError(400, "malformed JSON body: nested too deeply") from exc
+
+
 def images_from_body(body: bytes, content_type: str, max_images: int) -> list[bytes]:
     if not body:
         raise ApiError(400, "empty request body: send an image (JPEG or PNG) or JSON {\"image\": \"<base64>\"}")
     if content_type.split(";")[0].strip().lower() != "application/json":
         return [body]
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from exc
+    doc = json_document(body)
     if not isinstance(doc, dict) or len(doc.keys() & {"image", "images"}) != 1:
         raise ApiError(400, 'JSON body must be an object with exactly one of "image" or "images"')
     encoded = [doc["image"]] if "image" in doc else doc["images"]

@@ -69,6 +69,14 @@ class AdapterBank:
                 f"adapter was trained on another backbone (fingerprint {adapter.header.backbone.fingerprint[:16]}..., "
                 f"serving {self.info.fingerprint[:16]}...)"
             )
+        claimed = adapter.header.backbone
+        if (claimed.depth, claimed.num_features) != (self.info.depth, self.info.num_features):
+            # The file's tensor shapes follow its header; a header that misdescribes the backbone would
+            # pass file validation and only fail at inference.
+            raise BackboneMismatchError(
+                f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
+                f"but the served backbone has {self.info.depth} x {self.info.num_features}"
+            )
         if adapter.header.adapter.kind not in SERVABLE_KINDS:
             raise AdapterFileError(
                 f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches"

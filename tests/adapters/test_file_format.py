@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from mosaserve.adapters.config import AdapterConfig
-from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
+from mosaserve.adapters.errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 from mosaserve.adapters.file_format import (
     METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter, save_adapter,
 )
@@ -89,6 +89,26 @@ def test_nan_tensor_is_refused_on_write_and_on_read(tiny_backbone):
         encode_adapter(header, tensors)
     with pytest.raises(AdapterFileError, match="NaN or infinite"):
         load_adapter(craft(header.to_dict(content_digest(tensors)), tensors))
+
+
+@pytest.mark.parametrize("field, value", [("scale", float("nan")), ("scale", float("inf")),
+                                          ("lora_alpha", float("-inf")), ("consistency_weight", float("nan"))])
+def test_non_finite_hyper_parameters_are_refused(tiny_backbone, field, value):
+    """A NaN scale passes every range check and turns every prediction into NaN."""
+    with pytest.raises(AdapterConfigError, match=f"{field} must be a finite number"):
+        AdapterConfig(**{field: value})
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["adapter"][field] = value  # JSON headers can carry NaN and Infinity
+    with pytest.raises(AdapterFileError, match=f"{field} must be a finite number"):
+        load_adapter(craft(raw, tensors))
+
+
+@pytest.mark.parametrize("field", ["scale", "r", "lora_alpha", "target_blocks"])
+def test_missing_adapter_config_field_is_named_not_defaulted(tiny_backbone, field):
+    raw, tensors = valid_parts(tiny_backbone)
+    del raw["adapter"][field]
+    with pytest.raises(AdapterFileError, match=f"adapter config is missing fields: \\['{field}'\\]"):
+        load_adapter(craft(raw, tensors))
 
 
 @pytest.mark.parametrize("field", ["format", "backbone", "labels", "content_sha256", "adapter"])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mosaserve.adapters.images import BadImageError, ImageTooLargeError, decode_image
 from mosaserve.deploy.auth import require_admin
-from mosaserve.deploy.config import ServeConfig, ServeConfigError, read_serve_file
+from mosaserve.deploy.config import ServeConfig, ServeConfigError, ServeFile, read_serve_file
 from mosaserve.deploy.errors import ApiError
 from mosaserve.deploy.request_body import images_from_body, read_limited
 
@@ -72,6 +72,21 @@ def test_bodies_are_read_within_limits():
     assert declared.value.status == streamed.value.status == 413
 
 
+def test_declared_lengths_that_are_not_ascii_digits_are_left_to_the_streamed_check():
+    # "²".isdigit() is true, but int("²") raises: it must not escape as a server error.
+    assert asyncio.run(read_limited(_chunks(b"ab"), "\u00b2", 4, "body")) == b"ab"
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(read_limited(_chunks(b"abcde"), "\u00b2", 4, "body"))
+    assert caught.value.status == 413
+
+
+def test_json_nested_deeper_than_the_parser_recurses_is_a_400():
+    for body in (b"[" * 100_000, b'{"a":' * 50_000):
+        with pytest.raises(ApiError) as caught:
+            images_from_body(body, "application/json", 4)
+        assert caught.value.status == 400 and "nested too deeply" in caught.value.message
+
+
 def test_images_come_raw_or_as_base64_json():
     png = encode(Image.new("RGB", (2, 2)))
     b64 = base64.b64encode(png).decode()
@@ -109,6 +124,16 @@ def test_the_shipped_serve_config_builds_the_application():
     assert file.settings.backbone.kwargs["img_size"] == 28 and file.settings.replicas == 1
     app = build_app(file.settings)
     assert type(app).__name__ == "Application"
+
+
+def test_the_default_bind_address_is_loopback(tmp_path):
+    from mosaserve.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host is None  # so the config decides...
+    assert ServeFile(ServeConfig()).host == "127.0.0.1"  # ...and without --config that is loopback
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("applications: [{name: mosaserve, import_path: mosaserve.deploy.app:build_app}]\n")
+    assert read_serve_file(bare).host == "127.0.0.1"  # a config without http_options too
 
 
 def test_admin_token_comes_from_config_or_environment(monkeypatch):

@@ -80,6 +80,24 @@ def test_bank_refuses_adapters_of_other_backbones(tiny_backbone):
     assert not bank.snapshot()
 
 
+@pytest.mark.parametrize("claim", [{"num_features": 64}, {"depth": 5}])
+def test_bank_refuses_a_header_that_misdescribes_the_backbone_it_names(tiny_backbone, claim):
+    """Right fingerprint, shapes made for another architecture: refused now, not failing at inference."""
+    from dataclasses import replace
+
+    from mosaserve.adapters.config import AdapterConfig
+    from mosaserve.adapters.file_format import AdapterHeader, encode_adapter, expected_shapes, load_adapter
+
+    _, info = tiny_backbone
+    header = AdapterHeader(AdapterConfig(method="adapter", r=4), replace(info, **claim), ("a", "b"))
+    tensors = {name: torch.zeros(shape) for name, shape in expected_shapes(header).items()}
+    adapter = load_adapter(encode_adapter(header, tensors), expected_fingerprint=info.fingerprint)  # the file is sound
+    bank = AdapterBank(info)
+    with pytest.raises(BackboneMismatchError, match=r"describes a backbone of \d+ blocks x \d+ features, but the"):
+        bank.register("x", adapter, version=1)
+    assert not bank.snapshot()
+
+
 @pytest.mark.parametrize("bad", ["", "../etc", "a/b", "..", ".hidden", "x" * 129, "naïve", BACKBONE_TASK, "a\\b"])
 def test_task_ids_are_names_never_paths(bad):
     with pytest.raises(InvalidTaskIdError):
