@@ -79,7 +79,9 @@ def test_metrics_of_several_processes_merge_under_a_replica_label():
         BatchMetrics(registries[name]).batch_size.observe(size)
     text = merge_expositions({n: exposition(r) for n, r in registries.items()}).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert all(name.startswith("mosaserve_") for name in families)
+    assert all(name.startswith(("mosaserve_", "process_")) for name in families)  # ours, and the standard process ones
+    memory = {s.labels["replica"]: s.value for s in families["process_resident_memory_bytes"].samples}
+    assert set(memory) == {"ingress", "r1", "r2"} and all(v > 10 * 2**20 for v in memory.values())
     counts = {s.labels["replica"]: s.value for s in families["mosaserve_batch_size"].samples
               if s.name == "mosaserve_batch_size_sum"}
     assert counts == {"r1": 4.0, "r2": 8.0}
