@@ -23,7 +23,7 @@ from .metrics_push import report_metrics_forever
 from .replica import ChangeReply, PredictItem, RowReply
 from .replica_calls import predict_row
 from .request_body import images_from_body, json_document, read_limited
-from .train_jobs import TrainRequest, parse_train_request
+from .train_jobs import parse_train_request
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -56,15 +56,6 @@ def _valid_task_id(task_id: str) -> None:
         validate_task_id(task_id)
     except InvalidTaskIdError as exc:
         raise ApiError(400, str(exc)) from exc
-
-
-def _train_request(doc: object, datasets_root: str | None) -> TrainRequest:
-    try:
-        return parse_train_request(doc, datasets_root)
-    except ApiError:
-        raise
-    except ValueError as exc:  # the OS path functions refuse e.g. a NUL byte in a dataset path
-        raise ApiError(400, f"invalid training request: {exc}") from exc
 
 
 def _prediction(reply: RowReply) -> dict:
@@ -201,7 +192,7 @@ class Ingress:
         """Train a task: JSON {task_id, dataset, method?, epochs?, train_size?, test_size?, lr?, seed?}. Admin."""
         require_admin(request.headers.get("authorization"), self.admin_token)
         raw = await read_limited(request.stream(), request.headers.get("content-length"), 64 * 1024, "request body")
-        job = await self.trainer.submit.remote(_train_request(json_document(raw or b"null"), self.config.datasets_root))
+        job = await self.trainer.submit.remote(parse_train_request(json_document(raw or b"null"), self.config.datasets_root))
         return JSONResponse(job, status_code=202)
 
     @app.get("/v1/train/{job_id}")

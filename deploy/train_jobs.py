@@ -117,6 +117,8 @@ def resolve_dataset(reference: Any, datasets_root: str | None) -> str:
         raise ApiError(400, f"dataset must be one of {sorted(BUILTIN_DATASETS)}, folder:PATH or list:PATH")
     if datasets_root is None:
         raise ApiError(400, "file datasets are disabled: set datasets_root in the config")
+    if "\0" in relative:
+        raise ApiError(400, "dataset path must not contain a NUL byte")
     root = Path(datasets_root).resolve()
     path = (root / relative).resolve()
     if Path(relative).is_absolute() or not path.is_relative_to(root):
