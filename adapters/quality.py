@@ -2,9 +2,11 @@
 
 For every downstream task, training budget, method and seed: train on the budget's images, test
 on held-out ones, record the held-out accuracy of the merged file (what is served), the trainable
-parameters and the training time. Methods share r (so MoSA and the standard adapter have equal
-trainable parameters; LoRA at the same r has about as many); seeds change the split's training
-order and initialisation, the test set stays fixed per task.
+parameters and the training time. Trainable parameters are matched: MoSA and the standard adapter
+share r (2*d*r + r + d per block), and LoRA, on the fused qkv (d*r + r*3d = 4*d*r per block), gets
+rank r/2. Seeds change the split's training order and initialisation; the test set stays fixed per
+task. A task with fewer images than a budget plus the test set trains on what it has (half of it
+when it is smaller than twice the test set), once.
 """
 
 from __future__ import annotations
@@ -25,23 +27,30 @@ from .training import TrainConfig
 METHOD_ORDER = ("linear", "adapter", "lora", "mosa")
 
 
+def rank_for(method: str, r: int) -> int:
+    """LoRA's rank that gives it the trainable parameters of a bottleneck of width r."""
+    return max(1, r // 2) if method == "lora" else r
+
+
 def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
-                epochs: int, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE) -> list[dict]:
+                epochs: int, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE, r: int = 16) -> list[dict]:
     backbone, info = load_backbone(spec)
     rows = []
     for task in tasks:
         data = load_dataset(task, info.input_size[-1])
-        # One seed-0 permutation per task: the last `test_size` images are the test set of every run.
+        # One seed-0 permutation per task: the last images are the test set of every run.
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-        test = data.subset(order[-test_size:])
-        for budget in budgets:
-            train = data.subset(order[: min(budget, len(data) - test_size)])
+        held_out = min(test_size, len(data) // 2)
+        test = data.subset(order[-held_out:])
+        for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
+            train = data.subset(order[:size])
             for method in methods:
                 for seed in seeds:
-                    trained = train_task(backbone, info, train, test, method, TrainConfig(epochs=epochs, seed=seed))
-                    rows.append({"task": task, "train_images": len(train), "method": method, "seed": seed,
-                                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params,
-                                 "train_seconds": trained.train_seconds})
+                    trained = train_task(backbone, info, train, test, method, TrainConfig(epochs=epochs, seed=seed),
+                                         r=rank_for(method, r))
+                    rows.append({"task": task, "train_images": len(train), "test_images": held_out, "method": method,
+                                 "r": rank_for(method, r), "seed": seed, "test_accuracy": trained.test_accuracy,
+                                 "trainable_params": trained.trainable_params, "train_seconds": trained.train_seconds})
                     print(f"{task:>8} {len(train):>5} {method:>8} seed {seed}: {trained.test_accuracy:.2%}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": info.name, "fingerprint": info.fingerprint, "epochs": epochs, "test_size": test_size,
@@ -51,8 +60,8 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
 
 
 def format_quality(rows: list[dict]) -> str:
-    lines = ["| task | train images | method | trainable params | test accuracy (mean ± sd over seeds) | train s (mean) |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["| task | train images | method | r | trainable params | test accuracy % (mean ± sd over seeds) | train s (mean) |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     keys = sorted({(r["task"], r["train_images"]) for r in rows}, key=lambda k: (k[0], -k[1]))
     for task, size in keys:
         for method in METHOD_ORDER:
@@ -61,7 +70,7 @@ def format_quality(rows: list[dict]) -> str:
                 continue
             accs = [r["test_accuracy"] * 100 for r in runs]
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            lines.append(f"| {task} | {size} | {method} | {runs[0]['trainable_params']:,} | "
+            lines.append(f"| {task} | {size} | {method} | {runs[0].get('r', '-')} | {runs[0]['trainable_params']:,} | "
                          f"{statistics.mean(accs):.1f} ± {spread:.1f} (n={len(accs)}) | "
                          f"{statistics.mean(r['train_seconds'] for r in runs):.1f} |")
     return "\n".join(lines)

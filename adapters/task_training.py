@@ -47,10 +47,11 @@ def split_for_training(data: ImageDataset, train_size: int, test_size: int) -> t
 def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, test: ImageDataset, method: str,
                cfg: TrainConfig, progress: bool = False,
                on_epoch: Callable[[int, float], None] | None = None, resume: TrainState | None = None,
-               on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainedTask:
-    """`resume` and `on_checkpoint` as in `train_adapter`: a run stopped at an epoch end continues exactly."""
+               on_checkpoint: Callable[[TrainState], None] | None = None, r: int | None = None) -> TrainedTask:
+    """`resume` and `on_checkpoint` as in `train_adapter`: a run stopped at an epoch end continues exactly.
+    `r`: bottleneck width or LoRA rank (default: AdapterConfig's)."""
     prep = Preprocessor(info)
-    config = AdapterConfig(method=method)
+    config = AdapterConfig(method=method) if r is None else AdapterConfig(method=method, r=r)
     model = AdaptedViT(copy.deepcopy(backbone), config, len(train.class_names), seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch,

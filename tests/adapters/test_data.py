@@ -19,6 +19,13 @@ def test_builtin_digits():
     assert data.images.shape == (1797, 1, 8, 8) and int(data.images.max()) == 255
 
 
+def test_builtin_faces_are_lfw_crops_and_non_faces():
+    data = load_builtin("faces")
+    assert data.images.shape == (200, 1, 25, 25) and data.images.dtype == torch.uint8
+    assert data.class_names == ("face", "not a face") and data.labels.bincount().tolist() == [100, 100]
+    assert data.images.float().std() > 20  # real photographs, not a blank or constant array
+
+
 def test_split_is_disjoint_and_seeded():
     data = load_builtin("digits")
     a_train, a_test = train_test_split(data, 100, 50, seed=1)

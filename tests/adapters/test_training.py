@@ -61,11 +61,12 @@ def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
 
     from ..conftest import TINY_VIT
 
-    rows = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter"), (0, 1), epochs=1, test_size=30,
-                       out=tmp_path / "q.json", spec=TINY_VIT)
-    assert len(rows) == 2 * 3 * 2 and {r["train_images"] for r in rows} == {40, 10}
+    rows = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter", "lora"), (0, 1), epochs=1, test_size=30,
+                       out=tmp_path / "q.json", spec=TINY_VIT, r=8)
+    assert len(rows) == 2 * 4 * 2 and {r["train_images"] for r in rows} == {40, 10}
     params = {r["method"]: r["trainable_params"] for r in rows}
     assert params["mosa"] == params["adapter"] > params["linear"]  # MoSA and the adapter: equal parameters
+    assert abs(params["lora"] - params["adapter"]) / params["adapter"] < 0.15  # LoRA at rank r/2: about as many
     table = format_quality(rows)
-    assert "| digits | 40 | mosa |" in table and "(n=2)" in table
+    assert "| digits | 40 | mosa | 8 |" in table and "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
     assert (tmp_path / "q.json").exists()
