@@ -77,7 +77,8 @@ def test_a_storm_of_100_registrations_under_load_fails_no_request_and_replicas_c
     storm0_before_registered = [r for r in result.requests if r.task == "storm0" and r.status == 404]
     failed = [r for r in result.requests if not r.ok and r not in storm0_before_registered]
     assert not failed, {(r.status, r.error) for r in failed}
-    assert [r.status for r in result.registrations] == [201] * 50 + [200] * 50
+    in_order = sorted(result.registrations, key=lambda r: r.due_s)  # uploads overlap: they finish in any order
+    assert [r.status for r in in_order] == [201] * 50 + [200] * 50
     assert all(r.servable_everywhere for r in result.registrations)
     tasks = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
     assert all(tasks[f"storm{i}"] == 2 for i in range(50))
