@@ -50,6 +50,19 @@ def encoded_image(mode: str, width: int, height: int, fmt: str, seed: int) -> by
     return out.getvalue()
 
 
+def damage(buffer: bytearray, data, max_cut: int) -> tuple[str, int]:
+    """One random flip, cut or insertion in place; returns which and where."""
+    at = data.draw(st.integers(0, len(buffer) - 1))
+    kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    if kind == "flip":
+        buffer[at] ^= data.draw(st.integers(1, 255))
+    elif kind == "cut":
+        del buffer[at:at + data.draw(st.integers(1, max_cut))]
+    else:
+        buffer[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    return kind, at
+
+
 @QUICK
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes_decode_or_raise_bad_image_error_only(data):
@@ -74,14 +87,7 @@ def test_every_small_png_or_jpeg_decodes_to_uint8_rgb_of_its_size(mode, width, h
 def test_damaged_images_decode_or_raise_bad_image_error_only(fmt, seed, data):
     original = bytearray(encoded_image("RGB", 24, 16, fmt, seed))
     for _ in range(data.draw(st.integers(1, 8))):
-        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        at = data.draw(st.integers(0, len(original) - 1))
-        if kind == "flip":
-            original[at] ^= data.draw(st.integers(1, 255))
-        elif kind == "cut":
-            del original[at:at + data.draw(st.integers(1, 64))]
-        else:
-            original[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        damage(original, data, max_cut=64)
         if not original:
             break
     try:
@@ -122,14 +128,7 @@ def test_arbitrary_bytes_raise_adapter_file_error_only(data):
 def test_damaged_adapter_files_raise_adapter_file_error_only(info, spec, data):
     valid = bytearray(encode_adapter(*random_adapter(info, *spec)))
     header_end = 8 + struct.unpack("<Q", valid[:8])[0]
-    at = data.draw(st.integers(0, len(valid) - 1))
-    kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-    if kind == "flip":
-        valid[at] ^= data.draw(st.integers(1, 255))
-    elif kind == "cut":
-        del valid[at:at + data.draw(st.integers(1, 256))]
-    else:
-        valid[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    kind, at = damage(valid, data, max_cut=256)
     try:
         loaded = load_adapter(bytes(valid), expected_fingerprint=info.fingerprint)
     except AdapterFileError:
