@@ -165,6 +165,20 @@ def test_runtime_rejects_bad_uploads_without_storing_them(tiny_spec, tmp_path):
     assert runtime.store.entries() == {} and not runtime.tasks()
 
 
+def test_runtime_refuses_finite_weights_that_overflow_and_keeps_no_probe_copy(tiny_backbone, tiny_spec, tmp_path):
+    backbone, info = tiny_backbone
+    torch.manual_seed(0)
+    runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path)))
+    model = random_model(copy.deepcopy(backbone), seed=5)
+    with torch.no_grad():
+        model.head.weight.fill_(3e38)  # finite, but any sum of two overflows to Inf
+    with pytest.raises(AdapterFileError, match="non-finite outputs"):
+        runtime.register("huge", adapter_bytes(model, info))
+    assert runtime.store.entries() == {} and not runtime.tasks() and runtime.bank.resident_count() == 0
+    runtime.register("fine", adapter_bytes(random_model(copy.deepcopy(backbone), seed=6), info))
+    assert runtime.bank.resident_count() == 0  # the probe's device copy is dropped; serving makes its own
+
+
 def test_removed_then_reregistered_task_serves_the_new_weights(tiny_backbone):
     backbone, info = tiny_backbone
     old, new = (random_model(copy.deepcopy(backbone), seed=s) for s in (1, 2))
