@@ -190,7 +190,7 @@ class RequestCases:
                             ("empty-folder", "folder:")):
             train(f"dataset-{name}", 400, "dataset must be one of", doc(dataset=value))
         train("dataset-number", 400, "dataset must be a string", doc(dataset=7))
-        train("dataset-nul-byte", 400, "invalid training request: embedded null byte", doc(dataset="folder:a\0b"))
+        train("dataset-nul-byte", 400, "dataset path must not contain a NUL byte", doc(dataset="folder:a\0b"))
         train("over-limit", 413, f"the limit is {TRAIN_BODY_LIMIT}", doc(), pad_to=TRAIN_BODY_LIMIT + 1)
         for method, name in (("GET", "status"), ("DELETE", "cancel")):
             for job, segment in (("unknown", "no-such-job"), ("dot-dot", "%2e%2e"), ("nul", "%00")):
