@@ -70,7 +70,8 @@ def format_quality(rows: list[dict]) -> str:
                 continue
             accs = [r["test_accuracy"] * 100 for r in runs]
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            lines.append(f"| {task} | {size} | {method} | {runs[0].get('r', '-')} | {runs[0]['trainable_params']:,} | "
+            r = "-" if method == "linear" else runs[0].get("r", "-")
+            lines.append(f"| {task} | {size} | {method} | {r} | {runs[0]['trainable_params']:,} | "
                          f"{statistics.mean(accs):.1f} ± {spread:.1f} (n={len(accs)}) | "
                          f"{statistics.mean(r['train_seconds'] for r in runs):.1f} |")
     return "\n".join(lines)
