@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NonFiniteOutputError
 from .executor import RowResult
 
 
@@ -21,5 +22,10 @@ def answer_row(task_id: str, result: RowResult, labels: tuple[str, ...] | None, 
     if result.version is None or labels is None:
         return Answer(task_id, None, (), tuple(result.output.float().tolist()))
     probs = torch.softmax(result.output.float(), dim=-1)
+    if not torch.isfinite(probs).all():
+        # Validation refuses NaN/Inf values in a file, not finite ones that overflow in the forward pass;
+        # a forward probe at registration would catch those but costs a forward pass per upload.
+        raise NonFiniteOutputError(f"task {task_id!r} v{result.version} produced non-finite outputs: "
+                                   "its adapter's weights or scale are too large; register a sound version")
     values, indices = probs.topk(min(top_k, len(labels)))
     return Answer(task_id, result.version, tuple((labels[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist())))

@@ -152,11 +152,6 @@ class AdapterBank:
                 self.evictions += 1
         return adapter
 
-    def drop_resident(self, record: TaskRecord) -> None:
-        """Forgets a record's device copy (a probe's, which no batch will ask for again)."""
-        with self._resident_lock:
-            self._resident.pop((record.task_id, record.version), None)
-
     def resident_count(self) -> int:
         with self._resident_lock:
             return len(self._resident)

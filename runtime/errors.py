@@ -14,3 +14,7 @@ class InvalidTaskIdError(ValueError):
 
 class StoreError(RuntimeError):
     """The adapter store cannot be read or written."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A task's adapter made Inf or NaN outputs: finite weights large enough to overflow."""

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from ..adapters.backbone import BackboneSpec, load_backbone
-from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, load_adapter
+from ..adapters.file_format import DEFAULT_MAX_BYTES, load_adapter
 from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
-from .bank import AdapterBank, HostCopy, TaskRecord
+from .bank import AdapterBank, TaskRecord
 from .errors import UnknownTaskError
 from .executor import BatchTimings, MixedTaskExecutor, RowResult
 from .store import AdapterStore
@@ -56,9 +56,6 @@ class BatchOutcome:
     answers: list[Answer | UnknownTaskError]  # one per row, in order
     timings: BatchTimings | None  # None when no row could run
     distinct_tasks: int
-
-
-PROBE_VERSION = -1  # a version no stored file has: the probe's device copy never meets a real one
 
 
 class TaskRuntime:
@@ -102,23 +99,9 @@ class TaskRuntime:
         validate_task_id(task_id)
         adapter = load_adapter(data, self.info.fingerprint, self.config.max_adapter_bytes)
         self.bank.check(adapter)
-        self._probe(task_id, adapter)
         with self._changes:
             entry = self.store.publish(task_id, data)
             return self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
-
-    def _probe(self, task_id: str, adapter: AdapterFile) -> None:
-        """Runs the adapter once on a grey image before it is published. Finite weights or scales can
-        still be large enough to overflow to Inf/NaN, which no per-value check of the file can see."""
-        record = TaskRecord(task_id, PROBE_VERSION, adapter.header, HostCopy(dict(adapter.tensors), None))
-        grey = torch.full((3, *self.info.input_size[1:]), 128, dtype=torch.uint8)
-        try:
-            [result] = self.executor.run(self._batch([grey]), [task_id], {task_id: record})
-        finally:
-            self.bank.drop_resident(record)
-        if not torch.isfinite(result.output).all():
-            raise AdapterFileError("the adapter produces non-finite outputs (Inf or NaN) on a probe image: "
-                                   "its weights or scale are too large")
 
     def remove(self, task_id: str) -> bool:
         validate_task_id(task_id)

@@ -9,7 +9,7 @@ import torch
 
 from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
 from mosaserve.runtime.bank import AdapterBank
-from mosaserve.runtime.errors import InvalidTaskIdError
+from mosaserve.runtime.errors import InvalidTaskIdError, NonFiniteOutputError
 from mosaserve.runtime.executor import MixedTaskExecutor
 from mosaserve.runtime.store import AdapterStore
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
@@ -165,18 +165,18 @@ def test_runtime_rejects_bad_uploads_without_storing_them(tiny_spec, tmp_path):
     assert runtime.store.entries() == {} and not runtime.tasks()
 
 
-def test_runtime_refuses_finite_weights_that_overflow_and_keeps_no_probe_copy(tiny_backbone, tiny_spec, tmp_path):
+def test_a_task_whose_finite_weights_overflow_fails_its_rows_with_a_clear_error(tiny_backbone, tiny_spec, tmp_path):
     backbone, info = tiny_backbone
     torch.manual_seed(0)
     runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path)))
     model = random_model(copy.deepcopy(backbone), seed=5)
     with torch.no_grad():
-        model.head.weight.fill_(3e38)  # finite, but any sum of two overflows to Inf
-    with pytest.raises(AdapterFileError, match="non-finite outputs"):
-        runtime.register("huge", adapter_bytes(model, info))
-    assert runtime.store.entries() == {} and not runtime.tasks() and runtime.bank.resident_count() == 0
-    runtime.register("fine", adapter_bytes(random_model(copy.deepcopy(backbone), seed=6), info))
-    assert runtime.bank.resident_count() == 0  # the probe's device copy is dropped; serving makes its own
+        model.head.weight.fill_(3e38)  # finite, so the file is valid, but the logits overflow to Inf
+    runtime.register("huge", adapter_bytes(model, info))
+    image = torch.full((3, 20, 20), 128, dtype=torch.uint8)
+    with pytest.raises(NonFiniteOutputError, match="'huge' v1 produced non-finite outputs"):
+        runtime.serve_batch([image], ["huge"], [3])
+    assert runtime.serve_batch([image], [BACKBONE_TASK], [3]).answers[0].embedding is not None
 
 
 def test_removed_then_reregistered_task_serves_the_new_weights(tiny_backbone):
