@@ -129,7 +129,11 @@ def _results(args: argparse.Namespace) -> int:
 def _loadtest_run(args: argparse.Namespace) -> int:
     from .loadtests.command import run_command
 
-    return run_command(args)
+    try:
+        return run_command(args)
+    except (ValueError, OSError) as exc:  # a bad option, a missing file, or no service at --url
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 2
 
 
 def _loadtest_compare(args: argparse.Namespace) -> int:

@@ -158,3 +158,13 @@ def test_soak_parts_windows_periodic_uploads_and_memory_drift():
     drift = memory_drift(samples, skip_s=5)
     assert drift["ingress"] == {"start_mib": 50.0, "end_mib": 50.0, "growth": 0.0}
     assert drift["replica-a"]["start_mib"] == 110.0 and drift["replica-a"]["end_mib"] == 150.0
+
+
+def test_the_cli_refuses_bad_load_options_with_a_message(capsys):
+    from mosaserve.cli import main
+
+    assert main(["loadtest", "run", "--scenario", "registrations", "--mix", "backbone", "--rate", "1",
+                 "--duration", "1", "--out", "/tmp/mosaserve-unused"]) == 2
+    assert "needs adapter files" in capsys.readouterr().err
+    assert main(["loadtest", "run", "--url", "http://192.0.2.9:8000", "--mix", "backbone"]) == 2
+    assert "loopback only" in capsys.readouterr().err
