@@ -57,10 +57,16 @@ class AdapterStore:
     @contextmanager
     def _writing(self):
         """Excludes other writers, in this process (lock) and in others sharing the directory (flock)."""
-        with self._lock, open(self.root / ".lock", "a") as lock_file:
+        with self._lock, self._flocked():
+            self._refresh(holding_flock=True)  # another process may have published since we last looked
+            yield
+
+    @contextmanager
+    def _flocked(self):
+        """Excludes other processes writing to the directory."""
+        with open(self.root / ".lock", "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                self._refresh(holding_flock=True)  # another process may have published since we last looked
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -78,16 +84,12 @@ class AdapterStore:
         try:
             self._entries, self._seen = self._read_manifest(path), stamp
         except StoreError as exc:
-            self._entries = self._recover(exc) if holding_flock else self._with_flock(self._recover, exc)
+            if holding_flock:
+                self._entries = self._recover(exc)
+            else:
+                with self._flocked():
+                    self._entries = self._recover(exc)
             self._refresh(holding_flock)  # stamp the rebuilt manifest
-
-    def _with_flock(self, action, *args):
-        with open(self.root / ".lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                return action(*args)
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def _recover(self, error: StoreError) -> dict[str, StoreEntry]:
         path = self.root / MANIFEST
