@@ -9,12 +9,12 @@ import time
 
 import requests
 
+from mosaserve.loadtests.inputs import noise_png
 from mosaserve.loadtests.mixes import make_mix
 from mosaserve.loadtests.runner import Registration, Target, run_load
 from mosaserve.loadtests.schedule import Phase, plan_arrivals
 
 from .conftest import TOKEN, wait_healthy
-from .test_loadtest import png
 
 
 def replica_actors(deployment: str) -> list[str]:
@@ -33,7 +33,7 @@ def answers_by_replica(service, task_id: str, count: int) -> dict[str, set]:
     """Which versions each replica answers for a task, over `count` requests."""
     seen: dict[str, set] = {}
     for i in range(count):
-        body = service.predict(task_id, png(i)).json()
+        body = service.predict(task_id, noise_png(20, seed=i)).json()
         seen.setdefault(body["predictions"][0]["replica"], set()).add(body["version"])
     return seen
 
@@ -45,7 +45,8 @@ def test_a_killed_replica_fails_no_request_and_its_successor_serves_every_task(s
     assert len(before) == 2
     arrivals = plan_arrivals([Phase("steady", 60, 8.0)], make_mix("uniform", ["k0", "k1", "k2", "__backbone__"]))
     outcome = {}
-    load = threading.Thread(target=lambda: outcome.update(result=run_load(Target(service.url), arrivals, png(0))))
+    image = noise_png(20, seed=0)
+    load = threading.Thread(target=lambda: outcome.update(result=run_load(Target(service.url), arrivals, image)))
     load.start()
     time.sleep(3.0)
     kill_actor(before[0])
@@ -73,7 +74,7 @@ def test_a_storm_of_100_registrations_under_load_fails_no_request_and_replicas_c
     assert service.put("steady", files[0]).status_code in (200, 201)
     uploads = [Registration(0.5 + i * 0.1, f"storm{i % 50}", files[i % 4]) for i in range(100)]
     arrivals = plan_arrivals([Phase("steady", 10, 12.0)], make_mix("uniform", ["steady", "__backbone__", "storm0"]))
-    result = run_load(Target(service.url), arrivals, png(1), uploads, TOKEN)
+    result = run_load(Target(service.url), arrivals, noise_png(20, seed=1), uploads, TOKEN)
     storm0_before_registered = [r for r in result.requests if r.task == "storm0" and r.status == 404]
     failed = [r for r in result.requests if not r.ok and r not in storm0_before_registered]
     assert not failed, {(r.status, r.error) for r in failed}

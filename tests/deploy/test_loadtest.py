@@ -3,27 +3,16 @@ per-task-model baseline answering the same as mosaserve."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import requests
-from PIL import Image
 
 from mosaserve.cli import main
 from mosaserve.deploy.per_task_models import per_task_models_app
+from mosaserve.loadtests.inputs import noise_png
 from mosaserve.loadtests.runner import MODEL_ID_HEADER
 
 from .conftest import TOKEN
-
-
-def png(seed: int, size: int = 20) -> bytes:
-    import random
-
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
 
 
 def test_steady_zipf_load_from_the_cli_reports_every_request(service, tmp_path, capsys):
@@ -78,7 +67,7 @@ def test_per_task_model_baseline_answers_as_mosaserve_does(service):
     assert service.put("same", service.adapter(seed=500, classes=4)[0]).status_code in (200, 201)
     serve.run(per_task_models_app(service.config, max_models=2), name="baseline", route_prefix="/baseline")
     try:
-        image = png(1)
+        image = noise_png(20, seed=1)
         ours = service.predict("same", image, top_k=1).json()["predictions"][0]["top_k"][0]
         url = f"{service.url}/baseline/v1/tasks/same/predict"
         theirs = requests.post(url, data=image, headers={"Content-Type": "image/png", MODEL_ID_HEADER: "same"},
