@@ -85,11 +85,11 @@ def _ms(seconds: float | None) -> float | None:
 ROW_FIELDS = ("requests", "errors", "offered_rps", "throughput_rps", "goodput_rps", "p50_ms", "p95_ms", "p99_ms")
 
 
-def format_rows(rows: dict[str, dict], title: str) -> str:
-    """A Markdown table: one row per named summary."""
-    lines = [f"| {title} | " + " | ".join(ROW_FIELDS) + " |", "|---" * (len(ROW_FIELDS) + 1) + "|"]
+def format_rows(rows: dict[str, dict], title: str, fields: tuple[str, ...] = ROW_FIELDS) -> str:
+    """A Markdown table: one row per named summary, one column per field."""
+    lines = [f"| {title} | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
     for name, summary in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(summary[f]) for f in ROW_FIELDS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(summary[f]) for f in fields) + " |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from .runner import Registration, Target, run_load
 from .schedule import Phase, plan_arrivals
 
 SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak")
+WINDOW_FIELDS = ("requests", "errors", "p50_ms", "p99_ms")  # what a soak compares across its windows
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,8 @@ def _sweep(target, spec, mix, image, out_dir) -> dict:
 def format_scenario(doc: dict) -> str:
     if doc["scenario"] == "soak":
         soak = doc["soak"]
-        return (format_report(doc) + "\n\n" + format_rows({f"from {w['from_s']} s": _window_row(w) for w in soak["windows"]},
-                                                          "soak window") +
+        windows = {f"from {w['from_s']} s": w for w in soak["windows"]}
+        return (format_report(doc) + "\n\n" + format_rows(windows, "soak window", WINDOW_FIELDS) +
                 f"\n\np99 last window / first: {soak['p99_last_over_first']}\nmemory (MiB): {soak['memory']}")
     if doc["scenario"] != "sweep":
         text = format_report(doc)
@@ -166,8 +167,3 @@ def format_scenario(doc: dict) -> str:
     rows = {f"{rate}/s": run["overall"] for rate, run in doc["runs"].items()}
     return (format_rows(rows, "offered rate") + f"\n\nhighest rate within the SLO: {doc['max_rate_within_slo']} "
             f"req/s (goodput {doc['goodput_at_slo_rps']:.1f} req/s)")
-
-
-def _window_row(window: dict) -> dict:
-    return {"requests": window["requests"], "errors": window["errors"], "offered_rps": None, "throughput_rps": None,
-            "goodput_rps": None, "p50_ms": window["p50_ms"], "p95_ms": None, "p99_ms": window["p99_ms"]}
