@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 
+def _numbers(text: str, kind=float) -> tuple:
+    """A comma-separated option, e.g. "1000,100"."""
+    return tuple(kind(v) for v in text.split(","))
+
+
 def _train(args: argparse.Namespace) -> int:
     from .adapters.demo import format_rows, run_demo
     from .adapters.training import TrainConfig
@@ -116,11 +121,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _results(args: argparse.Namespace) -> int:
     from .adapters.quality import format_quality, run_quality
 
-    def ints(text: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in text.split(","))
-
-    rows = run_quality(tuple(args.tasks.split(",")), ints(args.budgets), tuple(args.methods.split(",")),
-                       ints(args.seeds), args.epochs, args.test_size, Path(args.out))
+    rows = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
+                       _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out))
     print(format_quality(rows))
     print(f"\nwritten: {args.out}")
     return 0
@@ -140,12 +142,9 @@ def _loadtest_compare(args: argparse.Namespace) -> int:
     from .adapters.backbone import BackboneSpec
     from .deploy.side_by_side import CompareSpec, run_compare
 
-    def numbers(text: str, kind=float) -> tuple:
-        return tuple(kind(v) for v in text.split(","))
-
-    spec = CompareSpec(backbone=BackboneSpec(args.backbone), task_counts=numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
-                       rates=numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
-                       max_models=numbers(args.max_models, int), registrations=args.registrations, image_size=args.image_size,
+    spec = CompareSpec(backbone=BackboneSpec(args.backbone), task_counts=_numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
+                       rates=_numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
+                       max_models=_numbers(args.max_models, int), registrations=args.registrations, image_size=args.image_size,
                        port=args.port)
     doc = run_compare(spec, Path(args.out))
     print(doc["summary"])
@@ -221,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")
     pre.set_defaults(func=_pretrain)
     results = sub.add_parser("results", help="the quality table (RESULTS.md): methods x tasks x budgets x seeds")
-    results.add_argument("--tasks", default="mnist,digits")
+    results.add_argument("--tasks", default="mnist,digits,faces")
     results.add_argument("--budgets", default="1000,100", help="training images per task")
     results.add_argument("--methods", default="linear,adapter,lora,mosa")
     results.add_argument("--seeds", default="0,1,2")

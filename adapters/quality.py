@@ -45,11 +45,12 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
         for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
             train = data.subset(order[:size])
             for method in methods:
+                rank = rank_for(method, r)
                 for seed in seeds:
                     trained = train_task(backbone, info, train, test, method, TrainConfig(epochs=epochs, seed=seed),
-                                         r=rank_for(method, r))
+                                         r=rank)
                     rows.append({"task": task, "train_images": len(train), "test_images": held_out, "method": method,
-                                 "r": rank_for(method, r), "seed": seed, "test_accuracy": trained.test_accuracy,
+                                 "r": rank, "seed": seed, "test_accuracy": trained.test_accuracy,
                                  "trainable_params": trained.trainable_params, "train_seconds": trained.train_seconds})
                     print(f"{task:>8} {len(train):>5} {method:>8} seed {seed}: {trained.test_accuracy:.2%}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
