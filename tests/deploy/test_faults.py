@@ -14,19 +14,13 @@ from mosaserve.loadtests.mixes import make_mix
 from mosaserve.loadtests.runner import Registration, Target, run_load
 from mosaserve.loadtests.schedule import Phase, plan_arrivals
 
-from .conftest import TOKEN, wait_healthy
+from .conftest import TOKEN, crash_actor, wait_healthy
 
 
 def replica_actors(deployment: str) -> list[str]:
     import ray
 
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"])
-
-
-def kill_actor(name: str) -> None:
-    import ray
-
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def answers_by_replica(service, task_id: str, count: int) -> dict[str, set]:
@@ -49,7 +43,7 @@ def test_a_killed_replica_fails_no_request_and_its_successor_serves_every_task(s
     load = threading.Thread(target=lambda: outcome.update(result=run_load(Target(service.url), arrivals, image)))
     load.start()
     time.sleep(3.0)
-    kill_actor(before[0])
+    crash_actor(before[0])
     load.join(timeout=120)
     requests_ = outcome["result"].requests
     failed = [r for r in requests_ if not r.ok]

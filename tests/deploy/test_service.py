@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mosaserve.adapters.images import decode_image
 from mosaserve.adapters.preprocess import Preprocessor
 
-from .conftest import APP, deploy, wait_healthy
+from .conftest import APP, crash_actor, deploy, wait_healthy
 
 
 def png(size=(20, 20), color=(120, 40, 200), mode="RGB") -> bytes:
@@ -322,15 +322,6 @@ def test_training_jobs_can_be_cancelled_and_bad_requests_are_refused(service):
     assert requests.get(f"{url}/nope", headers=ADMIN, timeout=30).status_code == 404
 
 
-def kill_training_sidecar() -> None:
-    """Kills the sidecar replica's process, as a crash would; Serve's controller notices and starts a new one."""
-    import ray
-
-    found = [a for a in ray.util.list_named_actors(all_namespaces=True) if "TrainingSidecar" in a["name"]]
-    assert len(found) == 1, found
-    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=True)
-
-
 def start_job_and_wait_for_first_epoch(service, body: dict) -> dict:
     job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
     deadline, job = time.monotonic() + 120, {}
@@ -363,7 +354,7 @@ def test_training_job_resumes_after_the_sidecar_is_killed_and_publishes_once(ser
     job_id = start_job_and_wait_for_first_epoch(service, body)["job_id"]
     job_dir = service.config.resolved_jobs_dir() / job_id
 
-    kill_training_sidecar()
+    crash_actor("TrainingSidecar")
     checkpoint = load_train_state(job_dir / "checkpoint.safetensors")  # complete, though its writer died
     assert checkpoint.epochs_done >= 1
     assert "survivor" not in store.entries()
@@ -385,9 +376,9 @@ def test_training_job_whose_checkpoint_is_damaged_while_the_sidecar_is_down_fail
 
     body = {"task_id": "casualty", "dataset": "digits", "epochs": 40, "train_size": 600, "test_size": 60}
     job_id = start_job_and_wait_for_first_epoch(service, body)["job_id"]
-    kill_training_sidecar()
+    crash_actor("TrainingSidecar")
     checkpoint = service.config.resolved_jobs_dir() / job_id / "checkpoint.safetensors"
-    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # Serve takes seconds to notice the dead replica
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # while Serve replaces the dead replica
     job = poll_until_finished(service, job_id, 120)
     assert job["state"] == "failed" and job["restarts"] == 1, job
     assert job["error"].startswith("JobResumeError: cannot resume: training checkpoint"), job
