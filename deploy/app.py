@@ -21,7 +21,7 @@ from .trainer import TrainingSidecar
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     config = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(args)
     config = _absolute_paths(config)  # replicas may run in another working directory
-    board = TaskBoard.options(name="TaskBoard").bind(forget_after_s=max(5.0, 10 * config.sync_interval_s))
+    board = TaskBoard.options(name="TaskBoard").bind(config)
     replicas = TaskReplica.options(
         name="TaskReplica",
         num_replicas=config.replicas,
@@ -29,7 +29,7 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": 1 if config.device == "cuda" else 0},
     ).bind(config, board)
     trainer = TrainingSidecar.options(name="TrainingSidecar", ray_actor_options={"num_cpus": config.trainer_num_cpus}
-                                      ).bind(config, replicas, board)
+                                      ).bind(config, board)
     return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.max_ongoing_requests,
                            ray_actor_options={"num_cpus": 0}).bind(config, replicas, board, trainer)
 

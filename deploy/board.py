@@ -1,19 +1,69 @@
-"""The task board: one small deployment that tells replicas when the store changed and learns when they caught up.
+"""The task board: where the task set changes, and how replicas learn of it and say they caught up.
 
-Every registration or removal is first made durable in the adapter store, then announced here,
-which bumps a generation number. Replicas send a heartbeat every `sync_interval_s` carrying the
-generation they have applied and their metrics; when the board's generation is newer they re-read
-the store. `wait_until_applied` is how a PUT learns that its version is servable everywhere.
-A replica that stops beating is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
+Uploads and removals come here, not to the serving replicas: the board validates an adapter file
+against the served backbone, publishes it to the store (atomic, durable), then announces it, which
+bumps a generation number. Doing that here keeps parsing, hashing and file writes off the replicas'
+cores and interpreter lock, so a burst of uploads costs serving little; the process runs at a lower
+OS priority (`board_nice`) for the same reason. It needs only the backbone's description, which
+replicas send with their heartbeats, not its weights.
+
+Replicas send a heartbeat every `sync_interval_s` carrying the generation they have applied and
+their metrics; when the board's generation is newer they re-read the store. A registration or
+removal answers once every live replica has applied its generation: it sleeps until a heartbeat
+reports progress (no polling: a burst of uploads means many waiters). A replica that stops beating
+is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ray import serve
+
+from ..adapters.backbone import BackboneInfo
+from ..adapters.errors import AdapterFileError
+from ..runtime.errors import InvalidTaskIdError
+from ..runtime.publishing import publish_adapter
+from ..runtime.store import AdapterStore
+from ..runtime.task_ids import validate_task_id
+from .config import ServeConfig
+from .task_summary import summarize
+
+log = logging.getLogger(__name__)
+
+
+def lower_priority(levels: int) -> None:
+    """Puts every thread of this process `levels` nice levels below its main thread's (Ray's workers
+    run at 15), capped at 19. On Linux nice is per thread: Serve runs `__init__` on a thread of its
+    own and Ray's calls arrive on others; threads started later inherit their starter's level."""
+    target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + levels)
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():  # not Linux: nice is per process
+        os.setpriority(os.PRIO_PROCESS, os.getpid(), target)
+        return
+    for tid in (int(name) for name in os.listdir(tasks)):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
+@dataclass(frozen=True)
+class ChangeReply:
+    """What a registration or removal did, and which live replicas serve it (`pending`: not yet)."""
+
+    ok: bool
+    status: int
+    message: str
+    generation: int | None = None  # what every replica must reach to serve the change
+    task: dict | None = None
+    replicas: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
 
 
 @dataclass
@@ -25,19 +75,80 @@ class ReplicaState:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class TaskBoard:
-    def __init__(self, forget_after_s: float = 5.0) -> None:
+    def __init__(self, config: ServeConfig) -> None:
+        lower_priority(config.board_nice)  # serving first: a burst of uploads waits for the cores
+        self.config = config
+        self.store = AdapterStore(config.store_dir)
         # Start from the clock, so a restarted board never hands out a generation seen before.
         self.generation = time.time_ns()
-        self.forget_after_s = forget_after_s
+        self.forget_after_s = max(5.0, 10 * config.sync_interval_s)
         self.replicas: dict[str, ReplicaState] = {}
         self.process_metrics: dict[str, tuple[float, str]] = {}  # ingress processes: (seen_at, text)
+        self.backbone: BackboneInfo | None = None  # what the replicas serve, from their heartbeats
+        self._progress = asyncio.Event()  # set, then replaced, whenever a replica reports news
+
+    # --- changes to the task set -----------------------------------------------------------
+    async def register(self, task_id: str, data: bytes) -> ChangeReply:
+        """Validates an adapter file, publishes it as the task's next version, announces it, and answers
+        once every replica serves it."""
+        backbone = await self._served_backbone()
+        if backbone is None:
+            return ChangeReply(False, 503, "no replica has loaded the backbone yet: retry in a few seconds")
+        try:
+            entry, adapter = await asyncio.to_thread(publish_adapter, self.store, backbone, task_id, data,
+                                                     self.config.max_adapter_bytes)
+        except InvalidTaskIdError as exc:
+            return ChangeReply(False, 400, str(exc))
+        except AdapterFileError as exc:
+            return ChangeReply(False, 422, str(exc))
+        return await self._spread(ChangeReply(True, 201 if entry.version == 1 else 200, "registered", self.announce(),
+                                              summarize(task_id, entry.version, adapter.header)))
+
+    async def remove(self, task_id: str) -> ChangeReply:
+        try:
+            validate_task_id(task_id)
+        except InvalidTaskIdError as exc:
+            return ChangeReply(False, 400, str(exc))
+        if await asyncio.to_thread(self.store.remove, task_id) is None:
+            return ChangeReply(False, 404, f"task {task_id!r} is not registered")
+        return await self._spread(ChangeReply(True, 200, "removed", self.announce()))
+
+    async def _spread(self, reply: ChangeReply) -> ChangeReply:
+        """The reply once every live replica serves the change, or `registration_timeout_s` passed."""
+        spread = await self.wait_until_applied(reply.generation, self.config.registration_timeout_s)
+        return replace(reply, replicas=tuple(spread["replicas"]), pending=tuple(spread["pending"]))
+
+    async def _served_backbone(self) -> BackboneInfo | None:
+        """The replicas' backbone; right after a start, waits for the first replica to report it."""
+        deadline = time.monotonic() + self.config.registration_timeout_s
+        while self.backbone is None and time.monotonic() < deadline:
+            await self._news(deadline - time.monotonic())
+        return self.backbone
+
+    async def _news(self, timeout_s: float) -> None:
+        """Sleeps until a heartbeat brings news (a replica joined, applied a generation, named its backbone)."""
+        try:
+            await asyncio.wait_for(self._progress.wait(), max(timeout_s, 0.0))
+        except asyncio.TimeoutError:
+            pass
 
     def announce(self) -> int:
         """The store changed: returns the generation every replica must reach to serve the change."""
         self.generation += 1
         return self.generation
 
-    def heartbeat(self, replica_id: str, applied: int | None, metrics_text: str | None = None) -> int:
+    async def heartbeat(self, replica_id: str, applied: int | None, metrics_text: str | None = None,
+                        backbone: BackboneInfo | None = None) -> int:
+        state = self.replicas.get(replica_id)
+        news = state is None or state.applied != applied or (backbone is not None and self.backbone is None)
+        if backbone is not None:
+            if self.backbone is not None and backbone.fingerprint != self.backbone.fingerprint:
+                log.error("replica %s serves backbone %s..., others %s...", replica_id, backbone.fingerprint[:16],
+                          self.backbone.fingerprint[:16])
+            self.backbone = self.backbone or backbone
+        if news:
+            self._progress.set()  # wakes every waiter, each checks what it waits for
+            self._progress = asyncio.Event()
         state = self.replicas.setdefault(replica_id, ReplicaState(applied, time.monotonic()))
         state.applied, state.seen_at = applied, time.monotonic()
         if metrics_text is not None:
@@ -61,9 +172,10 @@ class TaskBoard:
         while True:
             live = self._live()
             pending = sorted(r for r, s in live.items() if s.applied is None or s.applied < generation)
-            if not pending or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
                 return {"replicas": sorted(live), "pending": pending}
-            await asyncio.sleep(0.01)
+            await self._news(min(left, self.forget_after_s / 2))  # or wake in time to forget a dead replica
 
     def status(self) -> dict:
         live = self._live()

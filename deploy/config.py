@@ -54,6 +54,10 @@ class ServeConfig:
     datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
     trainer_num_cpus: float = 0.0  # the training sidecar's CPUs (raise it, or give it a GPU node, to isolate it)
     sync_interval_s: float = 0.2
+    # How many nice levels (0-19) the task board, the process that validates and publishes uploads,
+    # drops below the other Ray workers (Ray starts them at 15; 19 is the floor): a burst of uploads
+    # yields the cores to serving.
+    board_nice: int = 10
     registration_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not (isinstance(self.board_nice, int) and 0 <= self.board_nice <= 19):
+            raise ServeConfigError(f"board_nice must be an integer from 0 to 19, got {self.board_nice!r}")
         if self.max_host is not None and self.max_host <= 0:
             raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:

@@ -20,7 +20,8 @@ from .auth import require_admin
 from .config import ServeConfig
 from .errors import ApiError
 from .metrics_push import report_metrics_forever
-from .replica import ChangeReply, PredictItem, RowReply
+from .board import ChangeReply
+from .replica import PredictItem, RowReply
 from .replica_calls import predict_row
 from .request_body import images_from_body, json_document, read_limited
 from .train_jobs import parse_train_request
@@ -158,31 +159,30 @@ class Ingress:
                                   self.config.max_adapter_bytes, "adapter file")
         if not data:
             raise ApiError(422, "empty body: upload the adapter file (.safetensors) as the request body")
-        reply: ChangeReply = await self.replicas.register.remote(task_id, data)
+        reply: ChangeReply = await self.board.register.remote(task_id, data)
         if not reply.ok:
             raise ApiError(reply.status, reply.message)
         self.known_tasks.add(task_id)
-        return await self._answer_change(reply, began, {"task": reply.task})
+        return self._answer_change(reply, began, {"task": reply.task})
 
     @app.delete("/v1/tasks/{task_id}")
     async def delete_task(self, task_id: str, request: Request) -> JSONResponse:
         require_admin(request.headers.get("authorization"), self.admin_token)
         _valid_task_id(task_id)
         began = time.perf_counter()
-        reply: ChangeReply = await self.replicas.remove.remote(task_id)
+        reply: ChangeReply = await self.board.remove.remote(task_id)
         if not reply.ok:
             raise ApiError(reply.status, reply.message)
         self.known_tasks.discard(task_id)
-        return await self._answer_change(reply, began, {"task_id": task_id, "removed": True})
+        return self._answer_change(reply, began, {"task_id": task_id, "removed": True})
 
-    async def _answer_change(self, reply: ChangeReply, began: float, body: dict) -> JSONResponse:
-        """Answers once every replica serves the change (202 if some did not within the timeout)."""
-        spread = await self.board.wait_until_applied.remote(reply.generation, self.config.registration_timeout_s)
+    def _answer_change(self, reply: ChangeReply, began: float, body: dict) -> JSONResponse:
+        """The board answers once every replica serves the change (202 if some did not within the timeout)."""
         elapsed = time.perf_counter() - began
-        everywhere = not spread["pending"]
+        everywhere = not reply.pending
         if everywhere:
             self.metrics.registration_latency.observe(elapsed)
-        body.update(servable_everywhere=everywhere, replicas=len(spread["replicas"]), pending=spread["pending"],
+        body.update(servable_everywhere=everywhere, replicas=len(reply.replicas), pending=list(reply.pending),
                     seconds=round(elapsed, 4))
         return JSONResponse(body, status_code=reply.status if everywhere else 202)
 

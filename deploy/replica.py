@@ -1,8 +1,9 @@
 """A serving replica: the shared frozen backbone, the adapter bank, and batches that mix tasks.
 
 `@serve.batch` gathers requests of ANY task into one batch (no per-task split), and the runtime runs
-the backbone once for all of them. A background thread keeps the bank equal to the store: it sends
-a heartbeat to the task board and re-reads the store when the board says something changed.
+the backbone once for all of them. Replicas never accept uploads (the task board does): a background
+thread keeps the bank equal to the store, sending a heartbeat to the board and re-reading the store
+when the board says something changed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 from torch import Tensor
 
-from ..adapters.errors import AdapterFileError
 from ..runtime.answers import Answer
-from ..runtime.errors import InvalidTaskIdError, UnknownTaskError
+from ..runtime.errors import UnknownTaskError
 from ..runtime.metrics import BatchMetrics, exposition
 from ..runtime.task_ids import BACKBONE_TASK
 from ..runtime.task_runtime import BatchOutcome, SyncReport, TaskRuntime
@@ -47,17 +47,6 @@ class RowReply:
     queue_s: float
     batch_size: int
     replica: str  # which replica served the row
-
-
-@dataclass(frozen=True)
-class ChangeReply:
-    """What a registration or removal did; `generation` is what every replica must reach."""
-
-    ok: bool
-    status: int
-    message: str
-    generation: int | None = None
-    task: dict | None = None
 
 
 @serve.deployment
@@ -134,42 +123,18 @@ class TaskReplica:
         m.host_adapters.set(bank.host_count())
         m.host_reloads.set(bank.host_reloads)
 
-    # --- registration ----------------------------------------------------------------------
-    async def register(self, task_id: str, data: bytes) -> ChangeReply:
-        began = time.perf_counter()
-        try:
-            record = await asyncio.to_thread(self.runtime.register, task_id, data)
-        except InvalidTaskIdError as exc:
-            return ChangeReply(False, 400, str(exc))
-        except AdapterFileError as exc:
-            return ChangeReply(False, 422, str(exc))
-        self.metrics.swap_seconds.observe(time.perf_counter() - began)
-        self.metrics.swaps.labels("register").inc()
-        self.metrics.registered_tasks.set(len(self.runtime.tasks()))
-        generation = await self.board.announce.remote()
-        return ChangeReply(True, 201 if record.version == 1 else 200, "registered", generation, summarize(record))
-
-    async def remove(self, task_id: str) -> ChangeReply:
-        try:
-            removed = await asyncio.to_thread(self.runtime.remove, task_id)
-        except InvalidTaskIdError as exc:
-            return ChangeReply(False, 400, str(exc))
-        if not removed:
-            return ChangeReply(False, 404, f"task {task_id!r} is not registered")
-        self.metrics.swaps.labels("remove").inc()
-        self.metrics.registered_tasks.set(len(self.runtime.tasks()))
-        return ChangeReply(True, 200, "removed", await self.board.announce.remote())
-
+    # --- the task set ---------------------------------------------------------------------
     async def describe(self, task_id: str | None = None) -> list[dict] | dict | None:
         """Registered tasks as the store holds them now (read through, so never stale)."""
         report = await asyncio.to_thread(self.runtime.sync)
         self._record_sync(report)
         tasks = self.runtime.tasks()
         if task_id is None:
-            return [self._backbone_summary()] + [summarize(r) for _, r in sorted(tasks.items())]
+            return [self._backbone_summary()] + [summarize(r.task_id, r.version, r.header) for _, r in sorted(tasks.items())]
         if task_id == BACKBONE_TASK:
             return self._backbone_summary()
-        return summarize(tasks[task_id]) if task_id in tasks else None
+        record = tasks.get(task_id)
+        return summarize(record.task_id, record.version, record.header) if record else None
 
     def _backbone_summary(self) -> dict:
         info = self.runtime.info
@@ -179,21 +144,22 @@ class TaskReplica:
 
     # --- keeping up with the store ---------------------------------------------------------
     def _sync_loop(self) -> None:
-        beats = 0
-        while not self._stop.wait(self.config.sync_interval_s):
-            beats += 1
+        beats, pause_s = 0, self.config.sync_interval_s
+        while not self._stop.wait(pause_s):
+            beats, pause_s = beats + 1, self.config.sync_interval_s
             try:
                 text = exposition(self.registry) if beats % METRICS_EVERY_BEATS == 1 else None
                 generation = self._beat(self.applied, text)
                 if generation != self.applied:
                     self._record_sync(self.runtime.sync())
                     self.applied = generation
+                    pause_s = 0.0  # beat again at once: a PUT is waiting to hear that this replica caught up
             except Exception:  # noqa: BLE001 - the loop must survive a board restart or a bad file
                 log.exception("store sync failed; retrying")
 
     def _beat(self, applied: int | None, metrics_text: str | None) -> int:
         """From the sync thread (never the event loop): blocks on the board's answer."""
-        return self.board.heartbeat.remote(self.replica_id, applied, metrics_text).result(timeout_s=10)
+        return self.board.heartbeat.remote(self.replica_id, applied, metrics_text, self.runtime.info).result(timeout_s=10)
 
     def _record_sync(self, report: SyncReport) -> None:
         for _, _, seconds in report.loaded:

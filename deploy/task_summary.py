@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from ..runtime.bank import TaskRecord
+from ..adapters.file_format import AdapterHeader
 
 
-def summarize(record: TaskRecord) -> dict:
-    header = record.header
+def summarize(task_id: str, version: int, header: AdapterHeader) -> dict:
     return {
-        "task_id": record.task_id,
-        "version": record.version,
+        "task_id": task_id,
+        "version": version,
         "method": header.adapter.method,
         "r": header.adapter.r if header.adapter.kind != "head_only" else 0,
         "num_classes": header.num_classes,

@@ -1,7 +1,7 @@
 """The training sidecar: a deployment beside the replicas that turns a dataset into a live task.
 
 Jobs run one at a time on a worker thread. On success the merged adapter goes through the same
-path as an upload (a replica validates it, publishes it to the store, announces it), and the job
+path as an upload (the task board validates it, publishes it to the store, announces it), and the job
 succeeds once every replica serves it. A failure or a cancel publishes nothing: the adapter file
 exists only in memory until the atomic publish. Cancelling takes effect at the next epoch end.
 
@@ -43,10 +43,10 @@ OWNERSHIP_TIMEOUT_S = 60.0  # how long a new sidecar waits for an old one to let
 
 @serve.deployment
 class TrainingSidecar:
-    async def __init__(self, config: ServeConfig, replicas, board) -> None:
+    async def __init__(self, config: ServeConfig, board) -> None:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.config, self.replicas, self.board = config, replicas, board
+        self.config, self.board = config, board
         self.jobs: dict[str, JobStatus] = {}
         self._requests: dict[str, TrainRequest] = {}
         self._queue: queue.Queue[str] = queue.Queue()
@@ -151,11 +151,10 @@ class TrainingSidecar:
         return observe
 
     def _register(self, job: JobStatus, trained: TrainedTask) -> int:
-        """Through a replica, as an upload: validated, then published atomically, then announced."""
-        reply = self.replicas.register.remote(job.task_id, trained.file_bytes).result(timeout_s=300)
+        """As an upload: validated, published atomically, announced; answered once every replica serves it."""
+        reply = self.board.register.remote(job.task_id, trained.file_bytes).result(timeout_s=300)
         if not reply.ok:
             raise RuntimeError(f"registration refused ({reply.status}): {reply.message}")
-        self.board.wait_until_applied.remote(reply.generation, self.config.registration_timeout_s).result(timeout_s=300)
         return reply.task["version"]
 
     def _load_backbone(self):

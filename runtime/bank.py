@@ -47,6 +47,25 @@ class TaskRecord:
     host: HostCopy
 
 
+def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
+    """Raises unless the adapter runs on this backbone and in mixed batches."""
+    if adapter.header.backbone.fingerprint != info.fingerprint:
+        raise BackboneMismatchError(
+            f"adapter was trained on another backbone (fingerprint {adapter.header.backbone.fingerprint[:16]}..., "
+            f"serving {info.fingerprint[:16]}...)"
+        )
+    claimed = adapter.header.backbone
+    if (claimed.depth, claimed.num_features) != (info.depth, info.num_features):
+        # The file's tensor shapes follow its header; a header that misdescribes the backbone would
+        # pass file validation and only fail at inference.
+        raise BackboneMismatchError(
+            f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
+            f"but the served backbone has {info.depth} x {info.num_features}"
+        )
+    if adapter.header.adapter.kind not in SERVABLE_KINDS:
+        raise AdapterFileError(f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches")
+
+
 class AdapterBank:
     def __init__(self, info: BackboneInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  max_resident: int = 1024, max_host: int | None = None) -> None:
@@ -62,29 +81,9 @@ class AdapterBank:
         self._resident_lock = threading.Lock()
         self.evictions = 0
 
-    def check(self, adapter: AdapterFile) -> None:
-        """Raises unless the adapter runs on this bank's backbone and kind of executor."""
-        if adapter.header.backbone.fingerprint != self.info.fingerprint:
-            raise BackboneMismatchError(
-                f"adapter was trained on another backbone (fingerprint {adapter.header.backbone.fingerprint[:16]}..., "
-                f"serving {self.info.fingerprint[:16]}...)"
-            )
-        claimed = adapter.header.backbone
-        if (claimed.depth, claimed.num_features) != (self.info.depth, self.info.num_features):
-            # The file's tensor shapes follow its header; a header that misdescribes the backbone would
-            # pass file validation and only fail at inference.
-            raise BackboneMismatchError(
-                f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
-                f"but the served backbone has {self.info.depth} x {self.info.num_features}"
-            )
-        if adapter.header.adapter.kind not in SERVABLE_KINDS:
-            raise AdapterFileError(
-                f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches"
-            )
-
     def register(self, task_id: str, adapter: AdapterFile, version: int, source: Path | None = None) -> TaskRecord:
         validate_task_id(task_id)
-        self.check(adapter)
+        check_servable(adapter, self.info)
         record = TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source))
         with self._write_lock:
             self._tasks = MappingProxyType({**self._tasks, task_id: record})

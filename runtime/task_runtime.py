@@ -23,6 +23,7 @@ from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
 from .errors import UnknownTaskError
 from .executor import BatchTimings, MixedTaskExecutor, RowResult
+from .publishing import publish_adapter
 from .store import AdapterStore
 from .task_ids import BACKBONE_TASK, validate_task_id
 
@@ -96,11 +97,8 @@ class TaskRuntime:
 
     def register(self, task_id: str, data: bytes) -> TaskRecord:
         """Validates an uploaded adapter file, stores it durably, then makes it servable."""
-        validate_task_id(task_id)
-        adapter = load_adapter(data, self.info.fingerprint, self.config.max_adapter_bytes)
-        self.bank.check(adapter)
         with self._changes:
-            entry = self.store.publish(task_id, data)
+            entry, adapter = publish_adapter(self.store, self.info, task_id, data, self.config.max_adapter_bytes)
             return self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
 
     def remove(self, task_id: str) -> bool:

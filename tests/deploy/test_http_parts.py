@@ -151,6 +151,9 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
         ServeConfig.from_dict({"max_batch_size": 0})
     with pytest.raises(ServeConfigError, match="backbone"):
         ServeConfig.from_dict({"backbone": {"name": "vit", "weights": "x"}})
+    for nice in (-1, 20, 2.5):  # lowering the board below serving's priority would need privileges; 19 is the floor
+        with pytest.raises(ServeConfigError, match="board_nice must be an integer from 0 to 19"):
+            ServeConfig.from_dict({"board_nice": nice})
     custom = ServeConfig.from_dict({"backbone": {"name": "vit_base_patch16_224", "checkpoint": "/models/b16.safetensors"}})
     assert custom.backbone.checkpoint == "/models/b16.safetensors" and custom.backbone.kwargs == {}
     two_apps = tmp_path / "two.yaml"

@@ -103,6 +103,25 @@ def test_both_replicas_serve_a_task_registered_after_start(service):
     assert set(statuses) == {200} and len(served_by) == 2
 
 
+def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_priority(service):
+    import psutil
+    from ray._private import state  # the public state API needs the dashboard, which the test cluster lacks
+
+    def process_of(deployment: str) -> list[psutil.Process]:
+        return [psutil.Process(a["Pid"]) for a in state.actors().values()
+                if a["State"] == "ALIVE" and f"#{deployment}#" in a["Name"]]
+
+    board, replicas = process_of("TaskBoard"), process_of("TaskReplica")
+    assert len(board) == 1 and len(replicas) == 2
+    serving = {r.nice() for r in replicas}  # Ray starts its workers at 15
+    lowered = min(19, serving.pop() + service.config.board_nice)
+    assert len(serving) == 0 and lowered > 15
+    board_threads = [psutil.Process(board[0].pid)] + [psutil.Process(t.id) for t in board[0].threads()]
+    assert {t.nice() for t in board_threads} == {lowered}  # every thread: Ray's calls arrive on threads of their own
+    reply = service.put("board-made", service.adapter(seed=40)[0])
+    assert reply.status_code == 201 and reply.json()["servable_everywhere"] and reply.json()["replicas"] == 2
+
+
 def test_replacing_and_adding_tasks_under_load_fails_no_request(service):
     first, _ = service.adapter(seed=21)
     service.put("busy", first)
