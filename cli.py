@@ -144,7 +144,8 @@ def _loadtest_compare(args: argparse.Namespace) -> int:
 
     spec = CompareSpec(backbone=BackboneSpec(args.backbone), task_counts=_numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
                        rates=_numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
-                       max_models=_numbers(args.max_models, int), registrations=args.registrations, image_size=args.image_size,
+                       max_models=_numbers(args.max_models, int), registrations=args.registrations,
+                       registration_rounds=args.registration_rounds, image_size=args.image_size,
                        port=args.port)
     doc = run_compare(spec, Path(args.out))
     print(doc["summary"])
@@ -168,7 +169,8 @@ def _add_loadtest(sub) -> None:
     compare.add_argument("--duration", type=float, default=8.0, help="measured seconds per rate")
     compare.add_argument("--slo-ms", type=float, default=500.0)
     compare.add_argument("--max-models", default="-1,8", help="baseline runs: per-task models per replica; -1: all")
-    compare.add_argument("--registrations", type=int, default=100)
+    compare.add_argument("--registrations", type=int, default=100, help="uploads per registration burst")
+    compare.add_argument("--registration-rounds", type=int, default=3, help="steady / registration-burst pairs")
     compare.add_argument("--image-size", type=int, default=224)
     compare.add_argument("--port", type=int, default=8123)
     compare.add_argument("--out", default="out/loadtest/compare")

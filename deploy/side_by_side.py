@@ -52,7 +52,8 @@ class CompareSpec:
     batch_wait_timeout_s: float = 0.01
     torch_threads: int = 1
     max_models: tuple[int, ...] = (-1, 8)  # per-task models kept per replica by the baseline; -1: all
-    registrations: int = 100
+    registrations: int = 100  # uploads per burst
+    registration_rounds: int = 3  # steady / burst pairs: each p99 pools three phases' requests, not one's
     registration_rate_share: float = 0.6  # the registration burst's load, as a share of the capacity found
     image_size: int = 224
     port: int = 8123
@@ -174,7 +175,8 @@ def _registration_storm(spec, url, tasks, uploads, image, runs, out: Path) -> di
     largest = max(spec.task_counts)
     capacity = runs[f"mosaserve, {largest} tasks, uniform"]["max_rate_within_slo"] or spec.rates[0]
     load = LoadSpec(rate=round(capacity * spec.registration_rate_share, 1), duration_s=2 * spec.duration_s,
-                    slo_s=spec.slo_ms / 1000, warmup_s=spec.warmup_s, registrations=spec.registrations)
+                    slo_s=spec.slo_ms / 1000, warmup_s=spec.warmup_s, registrations=spec.registrations,
+                    rounds=spec.registration_rounds)
     doc = run_scenario("registrations", Target(url), load, make_mix("uniform", tasks[:largest]), image, out, uploads,
                        TOKEN)
     return {"rate": load.rate, "verdict": doc["verdict"], "phases": doc["phases"],

@@ -20,7 +20,7 @@ def run_command(args: argparse.Namespace) -> int:
     spec = LoadSpec(rate=args.rate, duration_s=args.duration, slo_s=args.slo_ms / 1000, warmup_s=args.warmup,
                     seed=args.seed, burst_factor=args.burst_factor, burst_s=args.burst_seconds,
                     sweep_rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
-                    registrations=args.registrations, registration_every_s=args.registration_every,
+                    registrations=args.registrations, rounds=args.rounds, registration_every_s=args.registration_every,
                     allow_remote=args.allow_remote)
     image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
     files = adapter_files(Path(args.adapters)) if args.adapters else []
@@ -46,7 +46,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rates", help="sweep: comma-separated rates, e.g. 10,20,40,80")
     parser.add_argument("--burst-factor", type=float, default=3.0)
     parser.add_argument("--burst-seconds", type=float, default=3.0)
-    parser.add_argument("--registrations", type=int, default=20, help="uploads in the registrations scenario")
+    parser.add_argument("--registrations", type=int, default=20, help="uploads per burst in the registrations scenario")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="registrations: steady / upload-burst pairs; each phase's percentiles pool its rounds")
     parser.add_argument("--registration-every", type=float, default=10.0, help="soak: seconds between uploads")
     parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations, soak)")
     parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")

@@ -48,6 +48,10 @@ def report(result: LoadResult, phases: list[Phase], slo_s: float) -> dict:
     measured = {p.name for p in phases if p.measured}
     records = [r for r in result.requests if r.phase in measured]
     seconds = sum(p.duration_s for p in phases if p.measured)
+    seconds_of: dict[str, float] = defaultdict(float)  # a phase name may recur (rounds): its phases pool
+    for p in phases:
+        if p.measured:
+            seconds_of[p.name] += p.duration_s
     # Throughput counts what the server finished, so when it falls behind its backlog's drain
     # time is part of the measured span: an overloaded run does not report the offered rate.
     drain = max(0.0, result.wall_s - sum(p.duration_s for p in phases))
@@ -57,8 +61,8 @@ def report(result: LoadResult, phases: list[Phase], slo_s: float) -> dict:
     return {
         "slo_ms": slo_s * 1000,
         "overall": summarise(records, seconds, slo_s, seconds + drain),
-        "phases": {p.name: summarise([r for r in records if r.phase == p.name], p.duration_s, slo_s)
-                   for p in phases if p.measured},
+        "phases": {name: summarise([r for r in records if r.phase == name], seconds_of[name], slo_s)
+                   for name in seconds_of},
         "tasks": {task: summarise(rs, seconds, slo_s, seconds + drain) for task, rs in sorted(by_task.items())},
         "generator_lag_ms": {"p99": _ms(percentile(result.lag_s, 99)), "max": _ms(max(result.lag_s, default=None))},
         "registrations": _registrations(result),

@@ -31,7 +31,10 @@ class LoadSpec:
     burst_factor: float = 3.0
     burst_s: float = 3.0
     sweep_rates: tuple[float, ...] = ()
-    registrations: int = 20  # uploads in the registrations scenario
+    registrations: int = 20  # uploads in the registrations scenario (per round)
+    # registrations: this many steady / upload-burst pairs back to back; each phase's p99 pools its rounds,
+    # so it rests on more than one short phase's handful of requests
+    rounds: int = 1
     registration_every_s: float = 10.0  # soak: one upload this often
     windows: int = 5  # soak: latency compared across this many equal spans of the run
     allow_remote: bool = False
@@ -46,19 +49,22 @@ def phases_for(scenario: str, spec: LoadSpec) -> list[Phase]:
         return warmup + [Phase("before", spec.rate, half), Phase("burst", spec.rate * spec.burst_factor, spec.burst_s),
                          Phase("after", spec.rate, half)]
     if scenario == "registrations":
-        return warmup + [Phase("steady", spec.rate, half), Phase("registrations", spec.rate, half)]
+        return warmup + [Phase("steady", spec.rate, half), Phase("registrations", spec.rate, half)] * spec.rounds
     raise ValueError(f"unknown scenario {scenario!r}: use one of {', '.join(SCENARIOS)}")
 
 
 def registration_plan(phases: list[Phase], files: list[bytes], count: int, prefix: str = "loadtest-") -> list[Registration]:
-    """`count` uploads spread over the registrations phase; the second half replaces the first half's tasks."""
+    """`count` uploads spread over each registrations phase; the second half of each replaces the first half's tasks."""
     if not files:
         raise ValueError("the registrations scenario needs adapter files to upload")
-    start = sum(p.duration_s for p in phases[: [p.name for p in phases].index("registrations")])
-    span = phases[-1].duration_s
     distinct = max(1, (count + 1) // 2)
-    return [Registration(start + i * span / count, f"{prefix}{i % distinct}", files[i % len(files)])
-            for i in range(count)]
+    plan, start = [], 0.0
+    for phase in phases:
+        if phase.name == "registrations":
+            plan += [Registration(start + i * phase.duration_s / count, f"{prefix}{i % distinct}", files[i % len(files)])
+                     for i in range(count)]
+        start += phase.duration_s
+    return plan
 
 
 def periodic_registrations(phases: list[Phase], files: list[bytes], every_s: float, distinct: int = 4,

@@ -14,7 +14,8 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
     from ..conftest import TINY_VIT
 
     spec = CompareSpec(backbone=TINY_VIT, task_counts=(3,), mixes=("uniform",), rates=(5, 10), duration_s=1.0,
-                       warmup_s=0.5, r=4, max_models=(-1, 1), registrations=2, image_size=20, slo_ms=5000)
+                       warmup_s=0.5, r=4, max_models=(-1, 1), registrations=2, registration_rounds=2, image_size=20,
+                       slo_ms=5000)
     doc = compare_on_cluster(spec, ray_cluster, tmp_path / "work", tmp_path / "out")
     runs = doc["runs"]
     assert list(runs) == ["mosaserve, bare backbone", "mosaserve, 3 tasks, uniform",
@@ -24,7 +25,8 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
         assert run["max_rate_within_slo"] == 10.0, name  # a 5 s SLO: both rates pass on every system
         assert run["at_max_rate"]["errors"] == 0 and run["goodput_at_slo_rps"] > 0, name
     storm = doc["registration_storm"]
-    assert storm["registrations"]["statuses"] == {"201": 1, "200": 1} and storm["verdict"]["failed_requests"] == 0
+    # Two bursts of two uploads of one task: created once, then replaced three times.
+    assert storm["registrations"]["statuses"] == {"201": 1, "200": 3} and storm["verdict"]["failed_requests"] == 0
     table = (tmp_path / "out" / "compare.md").read_text()
     assert all(f"| {name} |" in table for name in runs)
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["spec"]["max_models"] == [-1, 1]

@@ -93,6 +93,21 @@ def test_registration_plan_spreads_uploads_over_their_phase_and_replaces_half():
         registration_plan(phases, [], count=3)
 
 
+def test_registration_rounds_repeat_steady_and_burst_and_the_report_pools_each_phase_name():
+    spec = LoadSpec(rate=2, duration_s=4, warmup_s=1, rounds=3)
+    phases = phases_for("registrations", spec)
+    assert [p.name for p in phases] == ["warmup"] + ["steady", "registrations"] * 3
+    plan = registration_plan(phases, [b"file"], count=2)
+    assert [r.due_s for r in plan] == pytest.approx([3, 4, 7, 8, 11, 12])  # each burst phase starts 2 s after its steady
+    assert [r.task for r in plan] == ["loadtest-0"] * 6
+    records = [record(10 * (i + 1), phase=name) for i, name in
+               enumerate(["warmup", "steady", "registrations", "steady", "registrations", "steady", "registrations"])]
+    doc = report(LoadResult(records, wall_s=13.0), phases, slo_s=1.0)
+    steady, burst = doc["phases"]["steady"], doc["phases"]["registrations"]
+    assert (steady["requests"], burst["requests"]) == (3, 3)
+    assert steady["offered_rps"] == pytest.approx(3 / 6) and burst["p99_ms"] == pytest.approx(70, abs=0.5)
+
+
 def test_latency_plot_is_a_png_of_the_planned_size(tmp_path):
     records = [record(10 + i) for i in range(50)] + [record(5, status=500)]
     path = plot_latency(records, [Phase("steady", 10, 5)], 0.1, tmp_path / "plot.png", "test")
