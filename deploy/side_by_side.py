@@ -5,7 +5,8 @@ system, each system deployed in turn on the same port:
 1. mosaserve serving only the bare backbone: the limit;
 2. mosaserve with N tasks per request mix (uniform, Zipf);
 3. per-task full models behind `@serve.multiplexed` with the same batching settings (per_task_models.py);
-then a burst of registrations while mosaserve serves its largest task set at a steady rate.
+then a burst of registrations while mosaserve serves its largest task set at a steady rate, and what one
+upload costs each process (CPU, no prediction load).
 Every system's capacity is the highest swept rate whose p99 meets the SLO with no errors.
 """
 
@@ -28,6 +29,7 @@ from ..loadtests.mixes import make_mix
 from ..loadtests.report import format_rows
 from ..loadtests.runner import Target
 from ..loadtests.scenarios import LoadSpec, run_scenario
+from ..loadtests.upload_cost import measure_upload_cost
 from ..runtime.benchmark import random_task
 from ..runtime.store import AdapterStore
 from .app import build_app
@@ -123,6 +125,7 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
                 _sweep(spec, Target(url), mix, tasks[:count], image, out_dir / f"mosaserve-{count}-{mix}"),
                 tasks=count, mix=mix, serving_rss_mib=_serving_memory_mib(url))
     storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
+    upload_cost = measure_upload_cost(Target(url), uploads, spec.registrations, spec.duration_s, TOKEN)
     serve.delete(APP)
     for models in spec.max_models:
         _deploy(per_task_models_app(config, models), url, path="/docs")
@@ -134,7 +137,7 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
                            out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True,
                     serving_rss_mib=_serving_memory_mib(url))
         serve.delete(APP)
-    return {"runs": runs, "registration_storm": storm}
+    return {"runs": runs, "registration_storm": storm, "upload_cost": upload_cost}
 
 
 def _deploy(app, url: str, path: str = "/healthz", timeout_s: float = 300.0) -> None:
@@ -203,6 +206,10 @@ def summary_table(doc: dict) -> str:
               f"({storm['registrations']['statuses']}), p99 during / before = {_fmt(storm['verdict']['p99_ratio'], 2)}, "
               f"failed requests {storm['verdict']['failed_requests']}", "",
               format_rows(storm["phases"], "registration burst phase")]
+    cost = doc["upload_cost"]
+    lines += ["", f"Upload cost, no prediction load: {cost['accepted']} of {cost['uploads']} uploads in {cost['wall_s']} s, "
+              f"registration p50 {cost['registration_p50_ms']} ms; CPU ms per upload: "
+              + ", ".join(f"{role} {ms:.1f}" for role, ms in cost["cpu_ms_per_upload"].items())]
     return "\n".join(lines)
 
 

@@ -27,6 +27,9 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
     storm = doc["registration_storm"]
     # Two bursts of two uploads of one task: created once, then replaced three times.
     assert storm["registrations"]["statuses"] == {"201": 1, "200": 3} and storm["verdict"]["failed_requests"] == 0
+    cost = doc["upload_cost"]  # CPU per upload by process role; what it is depends on the machine
+    assert cost["uploads"] == cost["accepted"] == 2 and {"TaskBoard", "Ingress", "TaskReplica"} <= set(cost["cpu_ms_per_upload"])
     table = (tmp_path / "out" / "compare.md").read_text()
+    assert "CPU ms per upload: " in table
     assert all(f"| {name} |" in table for name in runs)
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["spec"]["max_models"] == [-1, 1]

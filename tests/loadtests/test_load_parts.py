@@ -108,6 +108,16 @@ def test_registration_rounds_repeat_steady_and_burst_and_the_report_pools_each_p
     assert steady["offered_rps"] == pytest.approx(3 / 6) and burst["p99_ms"] == pytest.approx(70, abs=0.5)
 
 
+def test_process_roles_follow_rays_process_titles():
+    from mosaserve.loadtests.upload_cost import process_role
+
+    assert process_role("ray::ServeReplica:mosaserve:TaskReplica.handle_request_with_rejection") == "TaskReplica"
+    assert process_role("ray::ServeReplica:side-by-side:TaskBoard") == "TaskBoard"
+    assert process_role("ray::ProxyActor.receive_asgi_messages") == "ProxyActor"
+    assert process_role("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=x") == "raylet"
+    assert process_role("/usr/bin/python -m pytest") is None and process_role("") is None
+
+
 def test_latency_plot_is_a_png_of_the_planned_size(tmp_path):
     records = [record(10 + i) for i in range(50)] + [record(5, status=500)]
     path = plot_latency(records, [Phase("steady", 10, 5)], 0.1, tmp_path / "plot.png", "test")
