@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -43,6 +44,17 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+
+# A deployment this request needed (the task board, the sidecar) died while answering; Serve starts a
+# new one within seconds. Say so as a 503, and that a change may already have been made.
+@app.exception_handler(RayActorError)
+@app.exception_handler(ActorUnavailableError)
+async def _part_restarting(request: Request, exc: Exception) -> JSONResponse:
+    message = f"a part of the service restarted while answering ({type(exc).__name__}); retry in a few seconds"
+    if request.method != "GET":
+        message += ". The change may already have been made: read it back before sending it again"
+    return JSONResponse({"error": message, "status": 503}, status_code=503, headers={"Retry-After": "2"})
 
 
 @app.exception_handler(RequestValidationError)

@@ -1,11 +1,13 @@
-"""Faults under load: a serving replica killed mid-run, and a storm of registrations.
+"""Faults under load: a serving replica killed mid-run, the task board killed during uploads, and a storm
+of registrations.
 
-Both run the real service (two replicas) with the open-loop load generator beside it."""
+Each runs the real service (two replicas) with the open-loop load generator beside it."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import requests
 
@@ -80,3 +82,28 @@ def test_a_storm_of_100_registrations_under_load_fails_no_request_and_replicas_c
     for task_id in ("storm0", "storm49"):
         seen = answers_by_replica(service, task_id, 16)
         assert len(seen) == 2 and all(versions == {2} for versions in seen.values()), seen
+
+
+def test_a_killed_task_board_fails_no_prediction_loses_no_acknowledged_upload_and_comes_back(service):
+    files = [service.adapter(seed=800 + i)[0] for i in range(4)]
+    assert service.put("board-steady", files[0]).status_code in (200, 201)
+    arrivals = plan_arrivals([Phase("steady", 20, 8.0)], make_mix("uniform", ["board-steady", "__backbone__"]))
+    uploads = [Registration(1.0 + i * 0.1, f"board{i % 20}", files[i % 4]) for i in range(40)]  # 1 s to 5 s
+    killer = threading.Timer(2.5, crash_actor, args=("TaskBoard",))  # uploads are in flight on it
+    killer.start()
+    result = run_load(Target(service.url), arrivals, noise_png(20, seed=2), uploads, TOKEN)
+    killer.join()
+    failed = [r for r in result.requests if not r.ok]
+    statuses = Counter(r.status for r in result.registrations)
+    print(f"killed the task board 2.5 s into an 8 s run at 20/s: {len(result.requests)} requests, {len(failed)} "
+          f"failed; 40 uploads from 1 s to 5 s: statuses {dict(statuses)}, slowest "
+          f"{max(r.latency_s for r in result.registrations):.1f} s")
+    assert len(result.requests) == 160 and not failed, {(r.status, r.error) for r in failed}
+    assert set(statuses) <= {200, 201, 503}  # in flight on the dead board: 503, never 500
+    live = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    acknowledged = Counter(r.task for r in result.registrations if r.status in (200, 201))
+    assert all(live.get(task, 0) >= count for task, count in acknowledged.items()), (acknowledged, live)
+    reply = service.put("after-board", files[1])  # the new board accepts uploads and knows both replicas
+    assert reply.status_code == 201 and reply.json()["servable_everywhere"] and reply.json()["replicas"] == 2
+    seen = answers_by_replica(service, "after-board", 16)
+    assert len(seen) == 2 and all(versions == {1} for versions in seen.values()), seen
