@@ -242,8 +242,10 @@ def test_mixed_batches_and_metrics_of_every_replica_on_one_endpoint(service):
 
 def test_restarted_application_serves_every_registered_task(service):
     data, model = service.adapter(seed=51)
-    service.put("durable", data)
-    service.put("durable", data)  # version 2
+    assert service.put("durable", service.adapter(seed=50)[0]).status_code == 201
+    assert service.put("durable", data).json()["task"]["version"] == 2
+    again = service.put("durable", data)  # a retry of the same upload: PUT is idempotent, no version 3
+    assert again.status_code == 200 and again.json()["task"]["version"] == 2
     before = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
     from ray import serve
 

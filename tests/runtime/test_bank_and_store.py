@@ -116,6 +116,16 @@ def test_store_publishes_versions_and_survives_reopen(tmp_path):
     assert AdapterStore(tmp_path).entries() == {}
 
 
+def test_publishing_the_live_versions_bytes_again_changes_nothing(tmp_path):
+    store = AdapterStore(tmp_path)
+    first = store.publish("cats", b"one")
+    manifest = (tmp_path / "manifest.json").stat()
+    assert store.publish("cats", b"one") == first  # a retried upload, or a resumed job publishing again
+    assert (tmp_path / "manifest.json").stat().st_mtime_ns == manifest.st_mtime_ns
+    assert sorted(p.name for p in (tmp_path / "tasks" / "cats").iterdir()) == ["v000001.safetensors"]
+    assert store.publish("cats", b"two").version == 2 and store.publish("cats", b"one").version == 3
+
+
 def test_crash_between_file_write_and_manifest_keeps_the_acknowledged_version(tmp_path, monkeypatch):
     store = AdapterStore(tmp_path)
     acknowledged = store.publish("cats", b"v1")
@@ -145,7 +155,7 @@ def test_runtime_restores_every_task_after_restart(tiny_backbone, tiny_spec, tmp
     models = {t: random_model(copy.deepcopy(backbone), seed=s, classes=c) for t, s, c in (("a", 1, 3), ("b", 2, 5))}
     for task_id, model in models.items():
         runtime.register(task_id, adapter_bytes(model, info))
-    runtime.register("a", adapter_bytes(models["a"], info))  # a second version of a
+    runtime.register("a", adapter_bytes(random_model(copy.deepcopy(backbone), seed=3, classes=3), info))  # version 2
     image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
     before = runtime.infer([image, image, image], ["a", "b", BACKBONE_TASK])
     torch.manual_seed(0)
