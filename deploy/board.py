@@ -95,15 +95,15 @@ class TaskBoard:
         if backbone is None:
             return ChangeReply(False, 503, "no replica has loaded the backbone yet: retry in a few seconds")
         try:
-            existed = task_id in await asyncio.to_thread(self.store.entries)
-            entry, adapter = await asyncio.to_thread(publish_adapter, self.store, backbone, task_id, data,
-                                                     self.config.max_adapter_bytes)
+            published = await asyncio.to_thread(publish_adapter, self.store, backbone, task_id, data,
+                                                self.config.max_adapter_bytes)
         except InvalidTaskIdError as exc:
             return ChangeReply(False, 400, str(exc))
         except AdapterFileError as exc:
             return ChangeReply(False, 422, str(exc))
-        return await self._spread(ChangeReply(True, 200 if existed else 201, "registered", self.announce(),
-                                              summarize(task_id, entry.version, adapter.header)))
+        summary = summarize(task_id, published.entry.version, published.adapter.header)
+        return await self._spread(ChangeReply(True, 201 if published.created else 200, "registered", self.announce(),
+                                              summary))
 
     async def remove(self, task_id: str) -> ChangeReply:
         try:

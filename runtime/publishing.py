@@ -7,6 +7,8 @@ validation and file writes off the serving replicas' cores and interpreter lock.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..adapters.backbone import BackboneInfo
 from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, load_adapter
 from .bank import check_servable
@@ -14,10 +16,18 @@ from .store import AdapterStore, StoreEntry
 from .task_ids import validate_task_id
 
 
+@dataclass(frozen=True)
+class Published:
+    entry: StoreEntry  # the live version now
+    adapter: AdapterFile
+    created: bool  # the task had no version before
+
+
 def publish_adapter(store: AdapterStore, info: BackboneInfo, task_id: str, data: bytes,
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[StoreEntry, AdapterFile]:
-    """Raises (InvalidTaskIdError, AdapterFileError) before anything is written; else the new version."""
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> Published:
+    """Raises (InvalidTaskIdError, AdapterFileError) before anything is written; else the live version."""
     validate_task_id(task_id)
     adapter = load_adapter(data, info.fingerprint, max_bytes)
     check_servable(adapter, info)
-    return store.publish(task_id, data), adapter
+    previous, entry = store.publish_change(task_id, data)
+    return Published(entry, adapter, previous is None)

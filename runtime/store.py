@@ -137,14 +137,18 @@ class AdapterStore:
         return self.root / entry.file
 
     def publish(self, task_id: str, data: bytes) -> StoreEntry:
-        """Durably stores a (validated) adapter file as the next version of `task_id`. The same bytes as
-        the live version change nothing and return its entry: sending a file again (a client's retry
-        after a lost answer, a training job resumed after its publish) never makes a new version."""
+        """Durably stores a (validated) adapter file as the next version of `task_id`; see `publish_change`."""
+        return self.publish_change(task_id, data)[1]
+
+    def publish_change(self, task_id: str, data: bytes) -> tuple[StoreEntry | None, StoreEntry]:
+        """(the entry before, the live entry after). The same bytes as the live version change nothing
+        and return its entry: sending a file again (a client's retry after a lost answer, a training
+        job resumed after its publish) never makes a new version."""
         validate_task_id(task_id)
         with self._writing():
             previous = self._entries.get(task_id)
             if previous is not None and self._holds(previous, data):
-                return previous
+                return previous, previous
             version = previous.version + 1 if previous else 1
             entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
             write_atomically(self.root / entry.file, data)
@@ -153,7 +157,7 @@ class AdapterStore:
             self._entries = entries
             if previous is not None:
                 self.path_of(previous).unlink(missing_ok=True)
-            return entry
+            return previous, entry
 
     def _holds(self, entry: StoreEntry, data: bytes) -> bool:
         path = self.path_of(entry)

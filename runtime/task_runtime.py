@@ -98,8 +98,9 @@ class TaskRuntime:
     def register(self, task_id: str, data: bytes) -> TaskRecord:
         """Validates an uploaded adapter file, stores it durably, then makes it servable."""
         with self._changes:
-            entry, adapter = publish_adapter(self.store, self.info, task_id, data, self.config.max_adapter_bytes)
-            return self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
+            published = publish_adapter(self.store, self.info, task_id, data, self.config.max_adapter_bytes)
+            return self.bank.register(task_id, published.adapter, published.entry.version,
+                                      self.store.path_of(published.entry))
 
     def remove(self, task_id: str) -> bool:
         validate_task_id(task_id)

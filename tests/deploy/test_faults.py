@@ -88,7 +88,8 @@ def test_a_killed_task_board_fails_no_prediction_loses_no_acknowledged_upload_an
     files = [service.adapter(seed=800 + i)[0] for i in range(4)]
     assert service.put("board-steady", files[0]).status_code in (200, 201)
     arrivals = plan_arrivals([Phase("steady", 20, 8.0)], make_mix("uniform", ["board-steady", "__backbone__"]))
-    uploads = [Registration(1.0 + i * 0.1, f"board{i % 20}", files[i % 4]) for i in range(40)]  # 1 s to 5 s
+    # 1 s to 5 s: 20 tasks, each then replaced by another file
+    uploads = [Registration(1.0 + i * 0.1, f"board{i % 20}", files[(i + i // 20) % 4]) for i in range(40)]
     killer = threading.Timer(2.5, crash_actor, args=("TaskBoard",))  # uploads are in flight on it
     killer.start()
     result = run_load(Target(service.url), arrivals, noise_png(20, seed=2), uploads, TOKEN)
