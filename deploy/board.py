@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from ray import serve
 
@@ -32,25 +30,10 @@ from ..runtime.publishing import publish_adapter
 from ..runtime.store import AdapterStore
 from ..runtime.task_ids import validate_task_id
 from .config import ServeConfig
+from .priority import lower_priority
 from .task_summary import summarize
 
 log = logging.getLogger(__name__)
-
-
-def lower_priority(levels: int) -> None:
-    """Puts every thread of this process `levels` nice levels below its main thread's (Ray's workers
-    run at 15), capped at 19. On Linux nice is per thread: Serve runs `__init__` on a thread of its
-    own and Ray's calls arrive on others; threads started later inherit their starter's level."""
-    target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + levels)
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():  # not Linux: nice is per process
-        os.setpriority(os.PRIO_PROCESS, os.getpid(), target)
-        return
-    for tid in (int(name) for name in os.listdir(tasks)):
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
-        except ProcessLookupError:  # the thread ended meanwhile
-            pass
 
 
 @dataclass(frozen=True)
@@ -116,7 +99,7 @@ class TaskBoard:
 
     async def _spread(self, reply: ChangeReply) -> ChangeReply:
         """The reply once every live replica serves the change, or `registration_timeout_s` passed."""
-        spread = await self.wait_until_applied(reply.generation, self.config.registration_timeout_s)
+        spread = await self._wait_until_applied(reply.generation, self.config.registration_timeout_s)
         return replace(reply, replicas=tuple(spread["replicas"]), pending=tuple(spread["pending"]))
 
     async def _served_backbone(self) -> BackboneInfo | None:
@@ -167,7 +150,7 @@ class TaskBoard:
         self.replicas = {r: s for r, s in self.replicas.items() if now - s.seen_at <= self.forget_after_s}
         return self.replicas
 
-    async def wait_until_applied(self, generation: int, timeout_s: float) -> dict:
+    async def _wait_until_applied(self, generation: int, timeout_s: float) -> dict:
         """Waits until every live replica has applied `generation`; says which ones have and have not."""
         deadline = time.monotonic() + timeout_s
         while True:
