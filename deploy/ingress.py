@@ -25,7 +25,7 @@ from .board import ChangeReply
 from .replica import PredictItem, RowReply
 from .replica_calls import predict_row
 from .request_body import images_from_body, json_document, read_limited
-from .train_jobs import parse_train_request
+from .train_jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -203,7 +203,8 @@ class Ingress:
     async def submit_training(self, request: Request) -> JSONResponse:
         """Train a task: JSON {task_id, dataset, method?, epochs?, train_size?, test_size?, lr?, seed?}. Admin."""
         require_admin(request.headers.get("authorization"), self.admin_token)
-        raw = await read_limited(request.stream(), request.headers.get("content-length"), 64 * 1024, "request body")
+        raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_TRAIN_REQUEST_BYTES,
+                                 "request body")
         job = await self.trainer.submit.remote(parse_train_request(json_document(raw or b"null"), self.config.datasets_root))
         return JSONResponse(job, status_code=202)
 

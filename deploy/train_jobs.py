@@ -21,6 +21,8 @@ from ..runtime.errors import InvalidTaskIdError
 from ..runtime.task_ids import validate_task_id
 from .errors import ApiError
 
+MAX_TRAIN_REQUEST_BYTES = 64 * 1024  # a POST /v1/train body: a small JSON document
+
 LIMITS = {"epochs": (1, 1000), "train_size": (2, 1_000_000), "test_size": (1, 1_000_000), "seed": (0, 2**31 - 1)}
 
 

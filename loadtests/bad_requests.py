@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+from ..deploy.train_jobs import MAX_TRAIN_REQUEST_BYTES
 from .corpus_case import Case, Limits
 
 PNG, JSON = "image/png", "application/json"
 INVALID_ID = "invalid task id"
 NOT_FOUND = "Not Found"
 NO_TOKEN = "missing or wrong admin token"
-TRAIN_BODY_LIMIT = 64 * 1024  # the ingress's limit for POST /v1/train
 DROP = object()  # a field left out of a training request
 
 
@@ -191,7 +191,7 @@ class RequestCases:
             train(f"dataset-{name}", 400, "dataset must be one of", doc(dataset=value))
         train("dataset-number", 400, "dataset must be a string", doc(dataset=7))
         train("dataset-nul-byte", 400, "dataset path must not contain a NUL byte", doc(dataset="folder:a\0b"))
-        train("over-limit", 413, f"the limit is {TRAIN_BODY_LIMIT}", doc(), pad_to=TRAIN_BODY_LIMIT + 1)
+        train("over-limit", 413, f"the limit is {MAX_TRAIN_REQUEST_BYTES}", doc(), pad_to=MAX_TRAIN_REQUEST_BYTES + 1)
         for method, name in (("GET", "status"), ("DELETE", "cancel")):
             for job, segment in (("unknown", "no-such-job"), ("dot-dot", "%2e%2e"), ("nul", "%00")):
                 self.add(f"train-{name}-{job}", c, method, f"/v1/train/{segment}", 404, "no training job",

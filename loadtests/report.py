@@ -45,13 +45,12 @@ def meets_slo(summary: dict, slo_s: float) -> bool:
 
 def report(result: LoadResult, phases: list[Phase], slo_s: float) -> dict:
     """The whole run (warm-up left out), each phase, each task, the generator's lag and any registrations."""
-    measured = {p.name for p in phases if p.measured}
-    records = [r for r in result.requests if r.phase in measured]
-    seconds = sum(p.duration_s for p in phases if p.measured)
-    seconds_of: dict[str, float] = defaultdict(float)  # a phase name may recur (rounds): its phases pool
+    seconds_of: dict[str, float] = defaultdict(float)  # measured phases; a name may recur (rounds): they pool
     for p in phases:
         if p.measured:
             seconds_of[p.name] += p.duration_s
+    seconds = sum(seconds_of.values())
+    records = [r for r in result.requests if r.phase in seconds_of]
     # Throughput counts what the server finished, so when it falls behind its backlog's drain
     # time is part of the measured span: an overloaded run does not report the offered rate.
     drain = max(0.0, result.wall_s - sum(p.duration_s for p in phases))
