@@ -12,7 +12,7 @@ class LoRADelta(nn.Module):
     """The low-rank update (alpha / r) * B(A(x)) added to a frozen linear layer's output.
 
     A is Kaiming-uniform and B zero, so training starts from the frozen layer exactly. Kept apart
-    from the base layer (it is added by a `DeltaTap`) so the backbone's weights stay untouched.
+    from the base layer (it is added by a `Tap`) so the backbone's weights stay untouched.
     """
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float) -> None:

@@ -20,7 +20,7 @@ from .config import AdapterConfig
 from .experts import ExpertSplit
 from .lora import LoRADelta
 from .mosa import MoSAAdapter
-from .taps import DeltaTap, parallel_mlp_tap, qkv_tap
+from .taps import Tap, adding, parallel_mlp_tap, qkv_tap
 
 
 def _mask_generator(mask_seed: int, block: int) -> torch.Generator:
@@ -46,7 +46,7 @@ class AdaptedViT(nn.Module):
         self.config = config
         self.blocks = config.resolve_blocks(len(backbone.blocks))
         self.adapters = nn.ModuleDict()
-        self._taps: list[DeltaTap] = []
+        self._taps: list[Tap] = []
         draw_rng = random.Random(seed)
         for index in self.blocks:
             self.adapters[str(index)] = self._build_adapter(index, merged, draw_rng)
@@ -67,10 +67,10 @@ class AdaptedViT(nn.Module):
         qkv = self.backbone.blocks[index].attn.qkv
         return LoRADelta(qkv.in_features, qkv.out_features, cfg.r, cfg.lora_alpha)
 
-    def _tap(self, index: int) -> DeltaTap:
+    def _tap(self, index: int) -> Tap:
         block = self.backbone.blocks[index]
         place = parallel_mlp_tap if self.config.kind == "bottleneck" else qkv_tap
-        return place(block, self._delta(str(index)))
+        return place(block, adding(self._delta(str(index))))
 
     def _delta(self, key: str) -> Callable[[Tensor], Tensor]:
         # Looked up at call time, so merge_() can swap the module behind the tap.

@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import statistics
 import time
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,22 +39,47 @@ def random_task(backbone, info, method: str, r: int, seed: int, classes: int = 1
     return AdapterFile(header, model.export_tensors()), model
 
 
-def images_per_second(scenarios: dict[str, Callable[[], object]], batch: int, rounds: int) -> dict[str, float]:
-    """Best time of each scenario over `rounds`, the scenarios interleaved within each round.
+@dataclass(frozen=True)
+class Measured:
+    images_per_s: float  # from the median time over the rounds
+    ratio: float  # median over the rounds of the paired ratio to the baseline
+    ratio_low: float  # the lowest and highest paired ratio: the run's own spread
+    ratio_high: float
 
-    Interleaving spreads the machine's noise (other tenants, clock changes) over every scenario
-    alike, so the ratios stay meaningful even where absolute speeds drift during the run.
+
+def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, batch: int, rounds: int
+                    ) -> dict[str, Measured]:
+    """Each scenario's throughput as a ratio to the baseline timed right before and right after it.
+
+    This machine's speed drifts by 10-25% within a minute (other tenants, clock changes), as much as
+    the effects measured here; so every scenario run is bracketed by two baseline runs, its ratio in
+    a round is their mean time over its own, and the median over the rounds is reported.
     """
     for run in scenarios.values():
         run()  # warm-up: thread pools, allocator, first touch of the weights
         run()
-    best = dict.fromkeys(scenarios, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in scenarios}
+    ratios: dict[str, list[float]] = {name: [] for name in scenarios}
     for _ in range(rounds):
+        before = _timed(scenarios[baseline])
+        times[baseline].append(before)
         for name, run in scenarios.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: batch / seconds for name, seconds in best.items()}
+            if name == baseline:
+                continue
+            own, after = _timed(run), _timed(scenarios[baseline])
+            times[name].append(own)
+            times[baseline].append(after)
+            ratios[name].append((before + after) / 2 / own)
+            before = after
+    ratios[baseline] = [1.0]
+    return {name: Measured(batch / statistics.median(times[name]), statistics.median(ratios[name]),
+                           min(ratios[name]), max(ratios[name])) for name in scenarios}
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def adapter_flop_share(dim: int, tokens: int, r: int, mlp_ratio: float = 4.0) -> float:
@@ -79,37 +105,57 @@ def bench_model(name: str, batch: int, repeats: int, r: int, num_tasks: int) -> 
     peft_label, peft_run = _peft_mixed_batch(backbone, r, len(lora_tasks), images)
     active = MixedTaskExecutor(backbone, bank)
     # The executor's hooks with nothing to add: what the taps themselves cost.
-    scenarios["bare rows through the executor"] = partial(_run_with, active, "grouped", images, [None] * batch)
+    scenarios["bare rows through the executor"] = ExecutorScenario(active, "grouped", images, [None] * batch)
     for label, ids in [("1 task (standard adapter)", ["standard"] * batch), ("1 task (MoSA)", ["t0"] * batch),
                        ("8 tasks", [f"t{i % 8}" for i in range(batch)]),
                        (f"{min(32, num_tasks)} tasks", [f"t{i % min(32, num_tasks)}" for i in range(batch)]),
                        ("all rows distinct", [f"t{i % num_tasks}" for i in range(batch)])]:
         for strategy in ("grouped", "gathered"):
-            scenarios[f"{label} [{strategy}]"] = partial(_run_with, active, strategy, images, ids)
+            scenarios[f"{label} [{strategy}]"] = ExecutorScenario(active, strategy, images, ids)
     lora_ids = [f"lora{i % len(lora_tasks)}" for i in range(batch)]
-    scenarios[f"{len(lora_tasks)} LoRA tasks [grouped]"] = partial(_run_with, active, "grouped", images, lora_ids)
+    scenarios[f"{len(lora_tasks)} LoRA tasks [grouped]"] = ExecutorScenario(active, "grouped", images, lora_ids)
     if peft_run is not None:
         scenarios[peft_label] = peft_run
     scenarios[f"baseline: swap weights per request ({num_tasks} tasks)"] = _swap_per_request(tasks, images)
     per_task_label, per_task_run, memory = _model_per_task(tasks, images)
     scenarios[per_task_label] = per_task_run
     with torch.inference_mode():
-        speeds = images_per_second(scenarios, batch, repeats)
+        measured = measure_against(scenarios, "backbone only", batch, repeats)
     active.close()
     tokens = backbone.patch_embed.num_patches + backbone.num_prefix_tokens
     share = adapter_flop_share(backbone.num_features, tokens, r)
-    rows = [{"model": name, "scenario": label, "images_per_s": ips, "ratio_to_backbone": ips / speeds["backbone only"],
-             "adapter_flop_share": share, **({"weights_bytes": memory} if label == per_task_label else {})}
-            for label, ips in speeds.items()]
+    rows = [{"model": name, "scenario": label, "images_per_s": m.images_per_s, "ratio_to_backbone": m.ratio,
+             "ratio_low": m.ratio_low, "ratio_high": m.ratio_high, "adapter_flop_share": share,
+             "adapter_time_share": _median_share(scenarios[label]),
+             **({"weights_bytes": memory} if label == per_task_label else {})}
+            for label, m in measured.items()]
     if peft_run is None:
         rows.append({"model": name, "scenario": peft_label, "images_per_s": float("nan"),
-                     "ratio_to_backbone": float("nan"), "adapter_flop_share": share})
+                     "ratio_to_backbone": float("nan"), "ratio_low": float("nan"), "ratio_high": float("nan"),
+                     "adapter_flop_share": share, "adapter_time_share": float("nan")})
     return rows
 
 
-def _run_with(executor: MixedTaskExecutor, strategy: str, images, ids) -> None:
-    executor.strategy = strategy
-    executor.run(images, ids)
+def _median_share(scenario: Callable[[], object]) -> float:
+    shares = getattr(scenario, "shares", None)
+    return statistics.median(shares) if shares else float("nan")
+
+
+class ExecutorScenario:
+    """A batch through the executor; keeps the adapters' share of each batch's own compute time.
+
+    That share is timed inside the batch (the executor's clock), so the machine's drift between
+    runs, which blurs the throughput ratios, does not touch it.
+    """
+
+    def __init__(self, executor: MixedTaskExecutor, strategy: str, images, ids) -> None:
+        self.executor, self.strategy, self.images, self.ids = executor, strategy, images, ids
+        self.shares: list[float] = []
+
+    def __call__(self) -> None:
+        self.executor.strategy = self.strategy
+        _, timings = self.executor.run_timed(self.images, self.ids)
+        self.shares.append(timings.adapter_s / timings.total_s)
 
 
 def _swap_per_request(tasks, images) -> Callable[[], None]:
@@ -161,10 +207,12 @@ def _model_per_task(tasks, images) -> tuple[str, Callable[[], None], int]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"| model | scenario | images/s | ratio to backbone | adapter FLOP share |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["| model | scenario | images/s | ratio to backbone (median) | lowest-highest round | "
+             "adapter share of batch time | adapter FLOP share |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['scenario']} | {row['images_per_s']:.1f} | "
-                     f"{row['ratio_to_backbone']:.3f} | {row['adapter_flop_share']:.2%} |")
+                     f"{row['ratio_to_backbone']:.3f} | {row['ratio_low']:.3f}-{row['ratio_high']:.3f} | "
+                     f"{row['adapter_time_share']:.2%} | {row['adapter_flop_share']:.2%} |")
     return "\n".join(lines)
 
 

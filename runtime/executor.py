@@ -1,12 +1,14 @@
 """Mixed-task batches: the backbone runs once for the whole batch, each block adds its rows' adapters.
 
-Two ways to compute the adapters of a batch whose rows belong to different tasks:
-- "grouped": one dense bottleneck per distinct task, on that task's rows (index_select/index_copy);
-- "gathered": every row's weights gathered into (B, r, D) stacks and two batched matmuls (bmm)
-  for all rows at once, whatever the task count (the Punica/S-LoRA idea for bottleneck adapters).
-`strategy="auto"` uses gathered from `gather_from_tasks` distinct tasks on, grouped below; the
-default (None: always grouped) is what `mosaserve bench runtime` measured on CPU, where grouped won
-at every task count (BENCHMARKS.md). GPUs are not measured yet.
+Each block normalises the batch once (the adapters' LayerNorm affine is folded into their Down
+projection, see `FoldedBottlenecks`), then computes the adapters of its rows one of two ways:
+- "grouped": one dense bottleneck per distinct task, on that task's rows, added in place
+  (index_add_; a task that has every row of the batch adds with one in-place matmul);
+- "gathered": every row's weights stacked in batch order when the batch is planned, and two batched
+  matmuls (bmm) for all rows at once, the second accumulating into the block's output in place
+  (the Punica/S-LoRA idea for bottleneck adapters). Rows without an adapter get zero weights.
+`strategy="auto"` uses gathered from `gather_from_tasks` distinct tasks on, grouped below (None:
+always grouped). `mosaserve bench runtime` measures both (BENCHMARKS.md).
 Rows of the bare backbone (task None) get no adapter and return pooled features instead of logits.
 """
 
@@ -14,18 +16,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters.bottleneck import LAYER_NORM_EPS
-from ..adapters.taps import DeltaTap, parallel_mlp_tap, qkv_tap
+from ..adapters.taps import Tap, parallel_mlp_tap, qkv_tap
 from .bank import AdapterBank, TaskRecord
 from .compute_clock import ComputeClock
 from .errors import UnknownTaskError
-from .resident import BlockWeights, ResidentAdapter
+from .resident import FoldedBottlenecks, ResidentAdapter
 
 STRATEGIES = ("auto", "grouped", "gathered")
 
@@ -56,12 +58,22 @@ class TaskGroup:
 
 
 @dataclass(frozen=True)
+class RowStacks:
+    """Every row's folded bottleneck weights, the batch on dim 1 so that each block's slice is contiguous."""
+
+    down: Tensor  # (L, B, D, r)
+    down_bias: Tensor  # (L, B, 1, r)
+    up: Tensor  # (L, B, r + 1, D)
+
+
+@dataclass(frozen=True)
 class BatchPlan:
     """Built once per batch, reused by every block (the index is computed once)."""
 
     batch_size: int
     groups: tuple[TaskGroup, ...]
-    gathered: bool
+    adapted_blocks: frozenset[int]  # blocks where some row has a bottleneck adapter
+    row_stacks: RowStacks | None  # the gathered strategy's weights; None: grouped
     has_lora: bool  # any row's task updates qkv (the qkv taps do nothing otherwise)
 
     def covers_all_rows(self, group: TaskGroup) -> bool:
@@ -70,7 +82,7 @@ class BatchPlan:
 
 class MixedTaskExecutor:
     def __init__(self, backbone: torch.nn.Module, bank: AdapterBank, strategy: str = "auto",
-                 gather_from_tasks: int | None = None) -> None:
+                 gather_from_tasks: int | None = 2) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         self.backbone, self.bank = backbone, bank
@@ -78,9 +90,12 @@ class MixedTaskExecutor:
         self._plan: BatchPlan | None = None
         self._clock: ComputeClock | None = None
         self._lock = threading.Lock()  # the taps hold per-batch state: one batch at a time
-        self._taps: list[DeltaTap] = [
-            parallel_mlp_tap(block, self._delta_fn(index)) for index, block in enumerate(backbone.blocks)
-        ] + [qkv_tap(block, self._qkv_delta_fn(index)) for index, block in enumerate(backbone.blocks)]
+        # The adapters' affine is folded into their weights, so they normalise with weight one; passed
+        # explicitly because PyTorch's CPU LayerNorm without a weight takes a path twice as slow.
+        self._unit_scale = torch.ones(backbone.num_features, device=bank.device, dtype=bank.dtype)
+        self._taps: list[Tap] = [
+            parallel_mlp_tap(block, self._block_update_fn(index)) for index, block in enumerate(backbone.blocks)
+        ] + [qkv_tap(block, self._qkv_update_fn(index)) for index, block in enumerate(backbone.blocks)]
 
     def close(self) -> None:
         """Detaches the executor from the backbone."""
@@ -98,13 +113,16 @@ class MixedTaskExecutor:
             if task_id not in snapshot:
                 raise UnknownTaskError(f"task {task_id!r} is not registered")
             rows_of.setdefault(task_id, []).append(row)
-        groups = tuple(TaskGroup(self.bank.resident(snapshot[t]), torch.tensor(r, device=self.bank.device))
-                       for t, r in rows_of.items())
+        adapters = {t: self.bank.resident(snapshot[t]) for t in rows_of}
+        groups = tuple(TaskGroup(adapters[t], torch.tensor(r, device=self.bank.device)) for t, r in rows_of.items())
         threshold = self.gather_from_tasks
         gathered = self.strategy == "gathered" or (
             self.strategy == "auto" and threshold is not None and len(groups) >= threshold
         )
-        return BatchPlan(len(task_ids), groups, gathered, any(g.adapter.qkv for g in groups))
+        folded = {t: a.bottlenecks for t, a in adapters.items() if a.bottlenecks is not None}
+        adapted = frozenset().union(*(f.blocks for f in folded.values()))
+        stacks = stack_rows(folded, rows_of, len(task_ids)) if gathered and folded else None
+        return BatchPlan(len(task_ids), groups, adapted, stacks, any(g.adapter.qkv for g in groups))
 
     def run(self, images: Tensor, task_ids: list[str | None],
             snapshot: Mapping[str, TaskRecord] | None = None) -> list[RowResult]:
@@ -142,88 +160,71 @@ class MixedTaskExecutor:
                 results[row] = RowResult(None, None, features[row])
         return results  # type: ignore[return-value]
 
-    def _delta_fn(self, block: int):
-        return lambda h: self._block_delta(block, h)
+    def _block_update_fn(self, block: int):
+        return lambda h, out: self._block_update(block, h, out)
 
-    def _qkv_delta_fn(self, block: int):
-        return lambda x: self._qkv_delta(block, x)
+    def _qkv_update_fn(self, block: int):
+        return lambda x, out: self._qkv_update(block, x, out)
 
-    def _qkv_delta(self, block: int, x: Tensor) -> Tensor | None:
+    def _qkv_update(self, block: int, x: Tensor, out: Tensor) -> Tensor:
         """LoRA rows: each task's low-rank qkv update on its own rows (grouped; LoRA tasks are rarer)."""
         plan, clock = self._plan, self._clock
         if plan is None or clock is None or not plan.has_lora:
-            return None
+            return out
         with clock.section("adapter"):
-            return _grouped(plan, x, lambda adapter: adapter.qkv.get(block))
+            for group in plan.groups:
+                lora = group.adapter.qkv.get(block)
+                if lora is None:
+                    continue
+                if plan.covers_all_rows(group):
+                    out.add_(lora(x))
+                else:
+                    out.index_add_(0, group.rows, lora(x.index_select(0, group.rows)))
+        return out
 
-    def _block_delta(self, block: int, h: Tensor) -> Tensor | None:
+    def _block_update(self, block: int, h: Tensor, out: Tensor) -> Tensor:
+        """Adds every row's bottleneck adapter to the block's output, in place (inference only)."""
         plan, clock = self._plan, self._clock
-        if plan is None or clock is None or not plan.groups:
-            return None
+        if plan is None or clock is None or block not in plan.adapted_blocks:
+            return out
         with clock.section("adapter"):
-            if plan.gathered:
-                return self._gathered_delta(plan, block, h)
-            return _grouped(plan, h, lambda adapter: adapter.blocks.get(block))
-
-    def _gathered_delta(self, plan: BatchPlan, block: int, h: Tensor) -> Tensor | None:
-        stacks = gather_block_weights(plan, block, h)
-        if stacks is None:
-            return None
-        rows, norm_w, norm_b, down_w, down_b, up_w, up_b, scale = stacks
-        x = h.index_select(0, rows)
-        normed = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS) * norm_w + norm_b
-        z = F.gelu(torch.baddbmm(down_b, normed, down_w.transpose(1, 2)))
-        delta = scale * torch.baddbmm(up_b, z, up_w.transpose(1, 2))
-        out = torch.empty_like(h) if len(rows) == plan.batch_size else torch.zeros_like(h)
-        return out.index_copy_(0, rows, delta)
-
-
-def _grouped(plan: BatchPlan, x: Tensor, weights_of: Callable[[ResidentAdapter], Callable[[Tensor], Tensor] | None]
-             ) -> Tensor | None:
-    """Each task's delta on its own rows (index_select / index_copy); rows without one stay zero."""
-    out = None
-    for group in plan.groups:
-        weights = weights_of(group.adapter)
-        if weights is None:
-            continue
-        if plan.covers_all_rows(group):
-            return weights(x)
-        rows = weights(x.index_select(0, group.rows))
-        out = x.new_zeros(x.shape[:-1] + rows.shape[-1:]) if out is None else out
-        out.index_copy_(0, group.rows, rows)
-    return out
+            normed = F.layer_norm(h, h.shape[-1:], self._unit_scale, eps=LAYER_NORM_EPS)  # once for the whole batch
+            stacks = plan.row_stacks
+            if stacks is not None:
+                hidden = _with_ones(F.gelu(torch.baddbmm(stacks.down_bias[block], normed, stacks.down[block])))
+                return out.baddbmm_(hidden, stacks.up[block])
+            for group in plan.groups:
+                folded = group.adapter.bottlenecks
+                if folded is None or block not in folded.blocks:
+                    continue
+                if plan.covers_all_rows(group):
+                    hidden = _hidden(normed, folded, block)
+                    out.view(-1, out.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), folded.up[block])
+                else:
+                    hidden = _hidden(normed.index_select(0, group.rows), folded, block)
+                    out.index_add_(0, group.rows, hidden @ folded.up[block])
+        return out
 
 
-def _padded(weights: BlockWeights, r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Pads a bottleneck to width r with zero units (they add exactly zero: GELU(0) = 0)."""
-    extra = r - weights.down_weight.shape[0]
-    if extra == 0:
-        return weights.down_weight, weights.down_bias, weights.up_weight
-    return (F.pad(weights.down_weight, (0, 0, 0, extra)), F.pad(weights.down_bias, (0, extra)),
-            F.pad(weights.up_weight, (0, extra)))
+def _with_ones(z: Tensor) -> Tensor:
+    """[z, 1]: the column of ones that multiplies the bias row of the folded Up."""
+    return F.pad(z, (0, 1), value=1.0)
 
 
-def gather_block_weights(plan: BatchPlan, block: int, h: Tensor) -> tuple[Tensor, ...] | None:
-    """Per-row weight stacks for one block: rows (R,), then (R, 1, D), (R, r, D), (R, D, r), ..."""
-    present = [g for g in plan.groups if block in g.adapter.blocks]
-    if not present:
-        return None
-    r = max(g.adapter.blocks[block].down_weight.shape[0] for g in present)
-    counts = torch.tensor([len(g.rows) for g in present], device=h.device)
-    rows = torch.cat([g.rows for g in present])
+def _hidden(normed: Tensor, folded: FoldedBottlenecks, block: int) -> Tensor:
+    return _with_ones(F.gelu(torch.matmul(normed, folded.down[block]) + folded.down_bias[block]))
 
-    def per_row(values: list[Tensor]) -> Tensor:
-        return torch.stack(values).repeat_interleave(counts, dim=0)
 
-    weights = [g.adapter.blocks[block] for g in present]
-    padded = [_padded(w, r) for w in weights]
-    return (
-        rows,
-        per_row([w.norm_weight for w in weights]).unsqueeze(1),
-        per_row([w.norm_bias for w in weights]).unsqueeze(1),
-        per_row([p[0] for p in padded]),
-        per_row([p[1] for p in padded]).unsqueeze(1),
-        per_row([p[2] for p in padded]),
-        per_row([w.up_bias for w in weights]).unsqueeze(1),
-        per_row([torch.tensor(w.scale, device=h.device, dtype=h.dtype) for w in weights]).view(-1, 1, 1),
-    )
+def stack_rows(folded: Mapping[str, FoldedBottlenecks], rows_of: Mapping[str, list[int]], batch_size: int) -> RowStacks:
+    """Each row's weights in batch order, all at the batch's widest r; rows without an adapter get zeros."""
+    r = max(f.r for f in folded.values())
+    any_task = next(iter(folded.values()))
+    depth, dim = any_task.down.shape[:2]
+    zeros = any_task.down.new_zeros
+    per_row = [FoldedBottlenecks(zeros(depth, dim, r), zeros(depth, 1, r), zeros(depth, r + 1, dim), frozenset())
+               ] * batch_size
+    for task_id, weights in folded.items():
+        widened = weights.widened(r)
+        for row in rows_of[task_id]:
+            per_row[row] = widened
+    return RowStacks(*(torch.stack([getattr(w, name) for w in per_row], dim=1) for name in ("down", "down_bias", "up")))

@@ -1,4 +1,4 @@
-"""An adapter as it sits on the serving device: per-block bottleneck weights and the head."""
+"""An adapter as it sits on the serving device: its bottleneck adapters folded for mixed batches, and its head."""
 
 from __future__ import annotations
 
@@ -8,24 +8,51 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.bottleneck import LAYER_NORM_EPS, bottleneck_branch
 from ..adapters.config import AdapterConfig
 
 
 @dataclass(frozen=True)
-class BlockWeights:
-    norm_weight: Tensor  # (D,)
-    norm_bias: Tensor  # (D,)
-    down_weight: Tensor  # (r, D)
-    down_bias: Tensor  # (r,)
-    up_weight: Tensor  # (D, r)
-    up_bias: Tensor  # (D,)
-    scale: float
+class FoldedBottlenecks:
+    """A task's bottleneck adapters in every block, rewritten so a batch shares the expensive part.
 
-    def __call__(self, h: Tensor) -> Tensor:
-        """The merged bottleneck adapter in eval mode: s * Up(GELU(Down(LN_a(h))))."""
-        normed = F.layer_norm(h, h.shape[-1:], self.norm_weight, self.norm_bias, LAYER_NORM_EPS)
-        return bottleneck_branch(normed, self.down_weight, self.down_bias, self.up_weight, self.up_bias, self.scale)
+    The adapter s * Up(GELU(Down(LN_a(h)))) equals [GELU(n(h) @ down + down_bias), 1] @ up, with n the
+    LayerNorm without its affine: the affine is folded into Down, the scale into Up, and Up's bias is
+    Up's last row (multiplied by a column of ones). So every row of a batch shares one normalisation
+    and the adapter's output lands in the block's output in a single in-place matmul. Blocks without
+    an adapter hold zeros, which add exactly zero (GELU(0) = 0).
+    """
+
+    down: Tensor  # (L, D, r)
+    down_bias: Tensor  # (L, 1, r)
+    up: Tensor  # (L, r + 1, D)
+    blocks: frozenset[int]
+
+    @property
+    def r(self) -> int:
+        return self.down.shape[-1]
+
+    def widened(self, r: int) -> "FoldedBottlenecks":
+        """The same adapters at width r >= self.r: the extra units are zeros and add exactly zero."""
+        extra = r - self.r
+        if extra == 0:
+            return self
+        up = torch.cat([F.pad(self.up[:, :-1], (0, 0, 0, extra)), self.up[:, -1:]], dim=1)
+        return FoldedBottlenecks(F.pad(self.down, (0, extra)), F.pad(self.down_bias, (0, extra)), up, self.blocks)
+
+
+def fold_bottlenecks(tensors: dict[str, Tensor], blocks: tuple[int, ...], depth: int, scale: float) -> FoldedBottlenecks:
+    down_weight = tensors[f"blocks.{blocks[0]}.down.weight"]
+    r, dim = down_weight.shape
+    down = down_weight.new_zeros(depth, dim, r)
+    down_bias = down_weight.new_zeros(depth, 1, r)
+    up = down_weight.new_zeros(depth, r + 1, dim)
+    for b in blocks:
+        w, norm_w, norm_b = (tensors[f"blocks.{b}.{n}"] for n in ("down.weight", "norm.weight", "norm.bias"))
+        down[b] = (w * norm_w).t()
+        down_bias[b, 0] = tensors[f"blocks.{b}.down.bias"] + w @ norm_b
+        up[b, :r] = scale * tensors[f"blocks.{b}.up.weight"].t()
+        up[b, r] = scale * tensors[f"blocks.{b}.up.bias"]
+    return FoldedBottlenecks(down, down_bias, up, frozenset(blocks))
 
 
 @dataclass(frozen=True)
@@ -44,29 +71,33 @@ class LoRAWeights:
 class ResidentAdapter:
     task_id: str
     version: int
-    blocks: dict[int, BlockWeights]  # bottleneck adapters (MoSA, standard) by block
+    bottlenecks: FoldedBottlenecks | None  # MoSA and standard adapters; None for LoRA and head-only tasks
     head_weight: Tensor  # (C, D)
     head_bias: Tensor  # (C,)
     qkv: dict[int, LoRAWeights] = field(default_factory=dict)  # LoRA updates by block
 
     @property
     def num_bytes(self) -> int:
-        tensors = [self.head_weight, self.head_bias] + [
-            t for b in self.blocks.values() for t in (b.norm_weight, b.norm_bias, b.down_weight, b.down_bias, b.up_weight, b.up_bias)
-        ] + [t for q in self.qkv.values() for t in (q.lora_a, q.lora_b)]
+        tensors = [self.head_weight, self.head_bias] + [t for q in self.qkv.values() for t in (q.lora_a, q.lora_b)]
+        if self.bottlenecks is not None:
+            tensors += [self.bottlenecks.down, self.bottlenecks.down_bias, self.bottlenecks.up]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def make_resident(task_id: str, version: int, tensors: dict[str, Tensor], config: AdapterConfig, depth: int,
                   device: torch.device, dtype: torch.dtype) -> ResidentAdapter:
-    """Moves a file's tensors to the device, grouped per block by kind (bottleneck or LoRA)."""
-    moved = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
+    """Moves a file's tensors to the device in their serving form (bottlenecks folded, LoRA per block)."""
     blocks = config.resolve_blocks(depth)
-    bottlenecks, lora = {}, {}
-    if config.kind == "bottleneck":
-        names = ("norm.weight", "norm.bias", "down.weight", "down.bias", "up.weight", "up.bias")
-        bottlenecks = {b: BlockWeights(*(moved[f"blocks.{b}.{n}"] for n in names), scale=config.scale) for b in blocks}
+    bottlenecks, lora = None, {}
+    if config.kind == "bottleneck" and blocks:
+        # Folded in float64, so the rewrite adds no rounding of its own before the cast.
+        exact = {name: t.to(torch.float64) for name, t in tensors.items() if name.startswith("blocks.")}
+        folded = fold_bottlenecks(exact, blocks, depth, config.scale)
+        bottlenecks = FoldedBottlenecks(*(t.to(device=device, dtype=dtype) for t in
+                                          (folded.down, folded.down_bias, folded.up)), folded.blocks)
     elif config.kind == "lora":
+        moved = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
         lora = {b: LoRAWeights(moved[f"blocks.{b}.qkv.lora_a"], moved[f"blocks.{b}.qkv.lora_b"],
                                config.lora_alpha / config.r) for b in blocks}
-    return ResidentAdapter(task_id, version, bottlenecks, moved["head.weight"], moved["head.bias"], lora)
+    head = [tensors[f"head.{n}"].to(device=device, dtype=dtype) for n in ("weight", "bias")]
+    return ResidentAdapter(task_id, version, bottlenecks, *head, lora)

@@ -39,7 +39,9 @@ class RuntimeConfig:
     max_resident: int = 1024
     max_host: int | None = None  # adapters kept in host memory; None: all (others are re-read from the store)
     strategy: str = "auto"
-    gather_from_tasks: int | None = None  # None: always grouped (measured faster on CPU)
+    # One task: a plain matmul over the whole batch; from two on, gathered, which costs the same at
+    # every task count while grouped grows with it (measured on CPU, BENCHMARKS.md).
+    gather_from_tasks: int | None = 2
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
 
 
