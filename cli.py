@@ -168,7 +168,8 @@ def _add_loadtest(sub) -> None:
     compare.add_argument("--rates", default="4,6,8,10,12,14,16,20,24", help="swept request rates")
     compare.add_argument("--duration", type=float, default=8.0, help="measured seconds per rate")
     compare.add_argument("--slo-ms", type=float, default=500.0)
-    compare.add_argument("--max-models", default="-1,8", help="baseline runs: per-task models per replica; -1: all")
+    compare.add_argument("--max-models", default="-1,8,3",
+                         help="baseline runs: per-task models per replica; -1: all (3 is Serve's default)")
     compare.add_argument("--registrations", type=int, default=100, help="uploads per registration burst")
     compare.add_argument("--registration-rounds", type=int, default=3, help="steady / registration-burst pairs")
     compare.add_argument("--image-size", type=int, default=224)

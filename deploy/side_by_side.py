@@ -53,7 +53,8 @@ class CompareSpec:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     torch_threads: int = 1
-    max_models: tuple[int, ...] = (-1, 8)  # per-task models kept per replica by the baseline; -1: all
+    # Per-task models kept per replica by the baseline: all, a generous bound, and Serve's default (3).
+    max_models: tuple[int, ...] = (-1, 8, 3)
     registrations: int = 100  # uploads per burst
     registration_rounds: int = 3  # steady / burst pairs: each p99 pools three phases' requests, not one's
     registration_rate_share: float = 0.6  # the registration burst's load, as a share of the capacity found
