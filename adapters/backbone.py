@@ -27,8 +27,9 @@ from .errors import BackboneError
 class BackboneSpec:
     """What to build: a timm model name, its creation kwargs and an optional local checkpoint.
 
-    Without a checkpoint the weights are timm's random init drawn from `seed`, so every process
-    (every serving replica) that builds the same spec gets the same backbone and fingerprint.
+    Without a checkpoint the weights are random, drawn from `seed` by `portable_random_init_`, so every
+    process (every serving replica, on any CPU) that builds the same spec gets the same backbone and
+    fingerprint.
     """
 
     name: str = "vit_tiny_patch16_224"
@@ -107,6 +108,8 @@ def build_model(spec: BackboneSpec) -> VisionTransformer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             model = timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
+            if spec.checkpoint is None:
+                portable_random_init_(model, spec.seed)
     except Exception as exc:  # noqa: BLE001 - unknown names and bad kwargs both land here
         raise BackboneError(f"cannot build timm model {spec.name!r} with {spec.kwargs}: {exc}") from exc
     if not isinstance(model, VisionTransformer) or not all(isinstance(b, Block) for b in model.blocks):
@@ -114,6 +117,27 @@ def build_model(spec: BackboneSpec) -> VisionTransformer:
     if spec.checkpoint is not None:
         load_checkpoint_into(model, spec.checkpoint)
     return model
+
+
+def portable_random_init_(model: nn.Module, seed: int) -> None:
+    """Redraws every tensor timm initialised at random from integers alone, so a seed means the same weights on any CPU.
+
+    timm draws with trunc_normal_ and normal_, whose CPU kernels (erfinv, Box-Muller) round
+    differently on different vector units: one seed gave other weights, and another fingerprint, on
+    an Intel machine than on an AMD one. Integer draws and elementwise arithmetic round the same
+    everywhere. Each random tensor becomes uniform with timm's standard deviation, rounded to one
+    significant digit so that the last-bit differences of the first draw cannot reach it; constant
+    tensors (LayerNorm ones, zero biases) are kept.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    half_range = 2**23
+    with torch.no_grad():
+        for _, tensor in sorted(model.state_dict().items()):
+            if not tensor.is_floating_point() or tensor.numel() < 2 or bool((tensor == tensor.flatten()[0]).all()):
+                continue
+            std = float(f"{tensor.double().std().item():.0e}")
+            draws = torch.randint(-half_range, half_range + 1, tensor.shape, generator=generator, dtype=torch.int64)
+            tensor.copy_(draws.to(torch.float64) * (std * 3**0.5 / half_range))
 
 
 def freeze(model: nn.Module) -> nn.Module:
