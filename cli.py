@@ -69,7 +69,12 @@ def _inspect(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .runtime.benchmark import format_table, run_benchmark
 
-    rows = run_benchmark(args.models.split(","), args.batch, args.repeats, args.r, args.tasks, Path(args.out))
+    try:
+        rows = run_benchmark(args.models.split(","), args.batch, args.repeats, args.r, args.tasks, Path(args.out),
+                             args.device, args.dtype)
+    except ValueError as exc:  # a device torch does not know or cannot see
+        print(f"mosaserve bench: {exc}", file=sys.stderr)
+        return 2
     print(format_table(rows))
     print(f"\nwritten: {args.out}")
     return 0
@@ -204,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tasks", type=int, default=32, help="registered tasks (all-distinct rows use all)")
     bench.add_argument("--r", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--out", default="out/bench/runtime.json")
     bench.set_defaults(func=_bench)
     serve = sub.add_parser("serve", help="run the Ray Serve application (HTTP API) until Ctrl-C")

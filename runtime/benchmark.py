@@ -47,13 +47,14 @@ class Measured:
     ratio_high: float
 
 
-def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, batch: int, rounds: int
-                    ) -> dict[str, Measured]:
+def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, batch: int, rounds: int,
+                    sync: Callable[[], None] = lambda: None) -> dict[str, Measured]:
     """Each scenario's throughput as a ratio to the baseline timed right before and right after it.
 
     This machine's speed drifts by 10-25% within a minute (other tenants, clock changes), as much as
     the effects measured here; so every scenario run is bracketed by two baseline runs, its ratio in
-    a round is their mean time over its own, and the median over the rounds is reported.
+    a round is their mean time over its own, and the median over the rounds is reported. `sync`
+    waits for the device (on a GPU a call returns when its kernels are queued, not done).
     """
     for run in scenarios.values():
         run()  # warm-up: thread pools, allocator, first touch of the weights
@@ -61,12 +62,12 @@ def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, b
     times: dict[str, list[float]] = {name: [] for name in scenarios}
     ratios: dict[str, list[float]] = {name: [] for name in scenarios}
     for _ in range(rounds):
-        before = _timed(scenarios[baseline])
+        before = _timed(scenarios[baseline], sync)
         times[baseline].append(before)
         for name, run in scenarios.items():
             if name == baseline:
                 continue
-            own, after = _timed(run), _timed(scenarios[baseline])
+            own, after = _timed(run, sync), _timed(scenarios[baseline], sync)
             times[name].append(own)
             times[baseline].append(after)
             ratios[name].append((before + after) / 2 / own)
@@ -76,9 +77,11 @@ def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, b
                            min(ratios[name]), max(ratios[name])) for name in scenarios}
 
 
-def _timed(run: Callable[[], object]) -> float:
+def _timed(run: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
     start = time.perf_counter()
     run()
+    sync()
     return time.perf_counter() - start
 
 
@@ -88,17 +91,23 @@ def adapter_flop_share(dim: int, tokens: int, r: int, mlp_ratio: float = 4.0) ->
     return (4 * tokens * dim * r) / block
 
 
-def bench_model(name: str, batch: int, repeats: int, r: int, num_tasks: int) -> list[dict]:
-    backbone, info = load_backbone(BackboneSpec(name))
+def bench_model(spec: BackboneSpec, batch: int, repeats: int, r: int, num_tasks: int,
+                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> list[dict]:
+    backbone, info = load_backbone(spec)
+    # Task files are made as a user uploads them (float32, on the host); the bank moves them to the device.
     tasks = [random_task(backbone, info, "mosa", r, seed) for seed in range(num_tasks)]
     standard, _ = random_task(backbone, info, "adapter", r, 999)
     lora_tasks = [random_task(backbone, info, "lora", r, 2000 + seed) for seed in range(min(32, num_tasks))]
-    bank = AdapterBank(info, max_resident=num_tasks + len(lora_tasks) + 1)
+    bank = AdapterBank(info, device, dtype, max_resident=num_tasks + len(lora_tasks) + 1)
     for prefix, group in (("t", tasks), ("lora", lora_tasks)):
         for i, (file, _) in enumerate(group):
             bank.register(f"{prefix}{i}", file, version=1)
     bank.register("standard", standard, version=1)
-    images = torch.randn(batch, 3, *info.input_size[1:])
+    backbone.to(device, dtype)
+    for file, model in tasks:  # the baselines' own models and weights, on the device too (their best case)
+        model.to(device, dtype)
+        file.tensors.update({name: t.to(device, dtype) for name, t in file.tensors.items()})
+    images = torch.randn(batch, 3, *info.input_size[1:]).to(device, dtype)
     # Baselines are built before the executor hooks into the shared backbone, so no copy carries its taps.
     plain = copy.deepcopy(backbone)
     scenarios: dict[str, Callable[[], object]] = {"backbone only": lambda: plain(images)}
@@ -119,18 +128,19 @@ def bench_model(name: str, batch: int, repeats: int, r: int, num_tasks: int) -> 
     scenarios[f"baseline: swap weights per request ({num_tasks} tasks)"] = _swap_per_request(tasks, images)
     per_task_label, per_task_run, memory = _model_per_task(tasks, images)
     scenarios[per_task_label] = per_task_run
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        measured = measure_against(scenarios, "backbone only", batch, repeats)
+        measured = measure_against(scenarios, "backbone only", batch, repeats, sync)
     active.close()
     tokens = backbone.patch_embed.num_patches + backbone.num_prefix_tokens
     share = adapter_flop_share(backbone.num_features, tokens, r)
-    rows = [{"model": name, "scenario": label, "images_per_s": m.images_per_s, "ratio_to_backbone": m.ratio,
+    rows = [{"model": spec.name, "scenario": label, "images_per_s": m.images_per_s, "ratio_to_backbone": m.ratio,
              "ratio_low": m.ratio_low, "ratio_high": m.ratio_high, "adapter_flop_share": share,
              "adapter_time_share": _median_share(scenarios[label]),
              **({"weights_bytes": memory} if label == per_task_label else {})}
             for label, m in measured.items()]
     if peft_run is None:
-        rows.append({"model": name, "scenario": peft_label, "images_per_s": float("nan"),
+        rows.append({"model": spec.name, "scenario": peft_label, "images_per_s": float("nan"),
                      "ratio_to_backbone": float("nan"), "ratio_low": float("nan"), "ratio_high": float("nan"),
                      "adapter_flop_share": share, "adapter_time_share": float("nan")})
     return rows
@@ -187,7 +197,7 @@ def _peft_mixed_batch(backbone, r: int, num_tasks: int, images) -> tuple[str, Ca
     for name, parameter in peft_model.named_parameters():
         if "lora_B" in name:  # PEFT starts B at zero; give every adapter real weights
             torch.nn.init.normal_(parameter, std=0.02)
-    peft_model.eval()
+    peft_model.to(images.device, images.dtype).eval()  # its new head and LoRA weights start on the host in float32
     names = [f"t{i % num_tasks}" for i in range(len(images))]
 
     return label, lambda: peft_model(images, adapter_names=names)
@@ -216,10 +226,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(models: list[str], batch: int, repeats: int, r: int, num_tasks: int, out: Path) -> list[dict]:
-    rows = [row for name in models for row in bench_model(name, batch, repeats, r, num_tasks)]
+def bench_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine")
+    return device
+
+
+def run_benchmark(models: list[str], batch: int, repeats: int, r: int, num_tasks: int, out: Path,
+                  device: str = "cpu", dtype: str = "float32") -> list[dict]:
+    target, precision = bench_device(device), getattr(torch, dtype)
+    rows = [row for name in models
+            for row in bench_model(BackboneSpec(name), batch, repeats, r, num_tasks, target, precision)]
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "processor": platform.processor(), "batch": batch, "repeats": repeats, "r": r, "num_tasks": num_tasks}
+            "processor": platform.processor(), "device": device, "dtype": dtype, "batch": batch,
+            "repeats": repeats, "r": r, "num_tasks": num_tasks,
+            **({"gpu": torch.cuda.get_device_name(target)} if target.type == "cuda" else {})}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return rows

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from mosaserve.adapters.file_format import load_adapter
 
 
@@ -41,3 +43,40 @@ def test_train_register_reports_a_missing_token_and_an_unreachable_service(tmp_p
     unreachable = run_cli(*args, "--token", "t")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
     assert (tmp_path / "mnist-linear.safetensors").exists()  # the trained file is kept either way
+
+
+def test_bench_runtime_writes_every_scenario_as_a_ratio_to_the_backbone(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_cli("bench", "runtime", "--models", "vit_tiny_patch16_224", "--batch", "2", "--tasks", "2", "--r", "4",
+                   "--repeats", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {row["scenario"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["backbone only"]["ratio_to_backbone"] == 1.0
+    executor_rows = ["bare rows through the executor", "1 task (MoSA) [grouped]", "1 task (MoSA) [gathered]",
+                     "all rows distinct [grouped]", "all rows distinct [gathered]", "2 LoRA tasks [grouped]"]
+    baselines = ["baseline: swap weights per request (2 tasks)", "baseline: one model per task (2 tasks)"]
+    for label in executor_rows + baselines:
+        row = rows[label]
+        assert row["images_per_s"] > 0 and row["ratio_low"] <= row["ratio_to_backbone"] <= row["ratio_high"]
+        assert 0 < row["adapter_time_share"] < 1 if label in executor_rows else row["adapter_time_share"] != row["adapter_time_share"]
+    # Two full copies of the 5.7M-parameter ViT, in float32.
+    assert rows["baseline: one model per task (2 tasks)"]["weights_bytes"] > 2 * 5_000_000 * 4
+    assert "| all rows distinct [gathered] |" in done.stdout  # the readable table
+
+
+def test_bench_runtime_in_bfloat16_and_on_a_device_it_cannot_use(tmp_path):
+    out = tmp_path / "bf16.json"
+    done = run_cli("bench", "runtime", "--models", "vit_tiny_patch16_224", "--batch", "2", "--tasks", "2", "--r", "4",
+                   "--repeats", "1", "--dtype", "bfloat16", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert (doc["meta"]["device"], doc["meta"]["dtype"]) == ("cpu", "bfloat16")
+    rows = {row["scenario"]: row for row in doc["rows"]}
+    assert rows["all rows distinct [gathered]"]["images_per_s"] > 0
+    # The baseline's two model copies are in bfloat16 too: 2 bytes per parameter, not 4.
+    assert 2 * 5_000_000 * 2 < rows["baseline: one model per task (2 tasks)"]["weights_bytes"] < 2 * 6_000_000 * 2
+    unknown = run_cli("bench", "runtime", "--device", "toaster", "--out", str(tmp_path / "x.json"))
+    assert unknown.returncode == 2 and "unknown device 'toaster'" in unknown.stderr
+    if not torch.cuda.is_available():
+        absent = run_cli("bench", "runtime", "--device", "cuda", "--out", str(tmp_path / "y.json"))
+        assert absent.returncode == 2 and "sees no CUDA device" in absent.stderr

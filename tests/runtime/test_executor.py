@@ -73,3 +73,24 @@ def test_unknown_task_fails_the_plan_before_any_compute(served):
         ref.remove_taps()
     with pytest.raises(UnknownTaskError, match="'zzz' is not registered"):
         MixedTaskExecutor(backbone, bank).run(torch.randn(2, 3, 16, 16), ["a", "zzz"])
+
+
+@pytest.mark.parametrize("strategy", ["grouped", "gathered"])
+def test_a_bfloat16_bank_serves_each_row_as_its_float32_task_alone_within_bfloat16_rounding(served, strategy):
+    """The GPU serving precision, checked on the CPU: weights folded in float64, then cast once."""
+    backbone, bank, references = served
+    task_ids = ["a", "f", "g", "d", None, "b", "e", "c"]
+    images = torch.randn(len(task_ids), 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        expected = reference_rows(references, backbone, images, task_ids)
+    for ref in references.values():
+        ref.remove_taps()
+    low = AdapterBank(bank.info, dtype=torch.bfloat16, max_resident=16)
+    for task_id, model in references.items():
+        low.register(task_id, adapter_file(model, bank.info), version=1)
+    executor = MixedTaskExecutor(copy.deepcopy(backbone).to(torch.bfloat16), low, strategy=strategy)
+    results = executor.run(images, task_ids)
+    for result, want in zip(results, expected):
+        assert result.output.dtype == torch.bfloat16
+        # bfloat16 keeps 8 significant bits: a row computed with another task's adapter is off by O(1).
+        torch.testing.assert_close(result.output.float(), want, rtol=0.05, atol=0.05)
