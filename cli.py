@@ -72,7 +72,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         rows = run_benchmark(args.models.split(","), args.batch, args.repeats, args.r, args.tasks, Path(args.out),
                              args.device, args.dtype)
-    except ValueError as exc:  # a device torch does not know or cannot see
+    except ValueError as exc:  # a device torch does not know or cannot see, a dtype it does not serve in
         print(f"mosaserve bench: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows))
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--r", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--dtype", default="float32", help="float32, bfloat16 (the GPU serving precision) or float16")
     bench.add_argument("--out", default="out/bench/runtime.json")
     bench.set_defaults(func=_bench)
     serve = sub.add_parser("serve", help="run the Ray Serve application (HTTP API) until Ctrl-C")

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from ..runtime.device import parse_device
 from .board import TaskBoard
 from .config import ServeConfig
 from .ingress import Ingress
@@ -26,7 +27,9 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         name="TaskReplica",
         num_replicas=config.replicas,
         max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": 1 if config.device == "cuda" else 0},
+        ray_actor_options={"num_cpus": config.replica_num_cpus,
+                           # Ray gives each such replica one GPU of its own, which it sees as "cuda".
+                           "num_gpus": 1 if parse_device(config.device).type == "cuda" else 0},
     ).bind(config, board)
     trainer = TrainingSidecar.options(name="TrainingSidecar", ray_actor_options={"num_cpus": config.trainer_num_cpus}
                                       ).bind(config, board)

@@ -74,6 +74,10 @@ class ServeConfig:
         if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:
             raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus and trainer_num_cpus must not be negative")
         self._check_jobs_dir()
+        try:
+            self.runtime_config()  # device, dtype and strategy, checked where the runtime defines them
+        except ValueError as exc:
+            raise ServeConfigError(str(exc)) from exc
 
     def _check_jobs_dir(self) -> None:
         if self.jobs_dir is not None and not self.jobs_dir.strip():

@@ -13,12 +13,10 @@ Every system's capacity is the highest swept rate whose p99 meets the SLO with n
 from __future__ import annotations
 
 import json
-import os
-import platform
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..adapters.backbone import BackboneSpec, load_backbone
@@ -30,7 +28,7 @@ from ..loadtests.report import format_rows
 from ..loadtests.runner import Target
 from ..loadtests.scenarios import LoadSpec, run_scenario
 from ..loadtests.upload_cost import measure_upload_cost
-from ..runtime.benchmark import random_task
+from ..runtime.benchmark import machine_description, random_task
 from ..runtime.store import AdapterStore
 from .app import build_app
 from .config import ServeConfig
@@ -84,7 +82,7 @@ def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Pat
     config = _config(spec, work_dir)
     tasks, uploads = _make_adapters(config, max(spec.task_counts), 4, spec.r)
     doc = _measure_all(spec, config, tasks, uploads, url, out_dir)
-    doc.update(spec=asdict(spec), machine=f"{platform.machine()}, {os.cpu_count()} cpus", summary=summary_table(doc))
+    doc.update(spec=asdict(spec), machine=machine_description(), summary=summary_table(doc))
     (out_dir / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "compare.md").write_text(doc["summary"] + "\n")
     return doc

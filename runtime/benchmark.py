@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -24,6 +25,7 @@ from ..adapters.config import AdapterConfig
 from ..adapters.file_format import AdapterFile, AdapterHeader
 from ..adapters.model import AdaptedViT
 from .bank import AdapterBank
+from .device import parse_device, serving_dtype
 from .executor import MixedTaskExecutor
 
 
@@ -226,11 +228,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_device(name: str) -> torch.device:
+def machine_description() -> str:
+    """Architecture, CPU model and core count: results from another CPU are not comparable figure by figure."""
+    model = platform.processor()
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: {exc}") from exc
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} cpus"
+
+
+def bench_device(name: str) -> torch.device:
+    device = parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine")
     return device
@@ -238,12 +248,12 @@ def bench_device(name: str) -> torch.device:
 
 def run_benchmark(models: list[str], batch: int, repeats: int, r: int, num_tasks: int, out: Path,
                   device: str = "cpu", dtype: str = "float32") -> list[dict]:
-    target, precision = bench_device(device), getattr(torch, dtype)
+    target, precision = bench_device(device), serving_dtype(dtype)
     rows = [row for name in models
             for row in bench_model(BackboneSpec(name), batch, repeats, r, num_tasks, target, precision)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "processor": platform.processor(), "device": device, "dtype": dtype, "batch": batch,
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine_description(),
+            "device": device, "dtype": dtype, "batch": batch,
             "repeats": repeats, "r": r, "num_tasks": num_tasks,
             **({"gpu": torch.cuda.get_device_name(target)} if target.type == "cuda" else {})}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -22,7 +22,8 @@ from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
 from .errors import UnknownTaskError
-from .executor import BatchTimings, MixedTaskExecutor, RowResult
+from .device import parse_device, serving_dtype
+from .executor import STRATEGIES, BatchTimings, MixedTaskExecutor, RowResult
 from .publishing import publish_adapter
 from .store import AdapterStore
 from .task_ids import BACKBONE_TASK, validate_task_id
@@ -43,6 +44,12 @@ class RuntimeConfig:
     # every task count while grouped grows with it (measured on CPU, BENCHMARKS.md).
     gather_from_tasks: int | None = 2
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        parse_device(self.device)
+        serving_dtype(self.dtype)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 @dataclass
@@ -65,7 +72,7 @@ class TaskRuntime:
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
         model, self.info = load_backbone(config.backbone)  # fingerprint taken on the float32 weights
-        dtype = getattr(torch, config.dtype)
+        dtype = serving_dtype(config.dtype)
         self.backbone = model.to(config.device, dtype)
         self.preprocess = Preprocessor(self.info)
         self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident, config.max_host)

@@ -77,6 +77,8 @@ def test_bench_runtime_in_bfloat16_and_on_a_device_it_cannot_use(tmp_path):
     assert 2 * 5_000_000 * 2 < rows["baseline: one model per task (2 tasks)"]["weights_bytes"] < 2 * 6_000_000 * 2
     unknown = run_cli("bench", "runtime", "--device", "toaster", "--out", str(tmp_path / "x.json"))
     assert unknown.returncode == 2 and "unknown device 'toaster'" in unknown.stderr
+    integer = run_cli("bench", "runtime", "--dtype", "int8", "--out", str(tmp_path / "z.json"))
+    assert integer.returncode == 2 and "dtype must be one of ('float32', 'bfloat16', 'float16')" in integer.stderr
     if not torch.cuda.is_available():
         absent = run_cli("bench", "runtime", "--device", "cuda", "--out", str(tmp_path / "y.json"))
         assert absent.returncode == 2 and "sees no CUDA device" in absent.stderr

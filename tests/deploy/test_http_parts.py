@@ -154,6 +154,12 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     for nice in (-1, 20, 2.5):  # lowering the board below serving's priority would need privileges; 19 is the floor
         with pytest.raises(ServeConfigError, match="board_nice must be an integer from 0 to 19"):
             ServeConfig.from_dict({"board_nice": nice})
+    # Caught when the config is read, not when a replica builds its first batch.
+    for bad, message in [({"dtype": "int8"}, "dtype must be one of"), ({"dtype": "float"}, "dtype must be one of"),
+                         ({"device": "gpu0"}, "unknown device 'gpu0'"), ({"strategy": "fastest"}, "strategy must be one of")]:
+        with pytest.raises(ServeConfigError, match=message):
+            ServeConfig.from_dict(bad)
+    assert ServeConfig.from_dict({"device": "cuda:1", "dtype": "bfloat16"}).runtime_config().device == "cuda:1"
     custom = ServeConfig.from_dict({"backbone": {"name": "vit_base_patch16_224", "checkpoint": "/models/b16.safetensors"}})
     assert custom.backbone.checkpoint == "/models/b16.safetensors" and custom.backbone.kwargs == {}
     two_apps = tmp_path / "two.yaml"
