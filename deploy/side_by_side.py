@@ -82,7 +82,7 @@ def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Pat
     config = _config(spec, work_dir)
     tasks, uploads = _make_adapters(config, max(spec.task_counts), 4, spec.r)
     doc = _measure_all(spec, config, tasks, uploads, url, out_dir)
-    doc.update(spec=asdict(spec), machine=machine_description(), summary=summary_table(doc))
+    doc.update(spec=asdict(spec), machine=machine_description(), summary=summary_table(doc, max(spec.rates)))
     (out_dir / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "compare.md").write_text(doc["summary"] + "\n")
     return doc
@@ -185,7 +185,8 @@ def _registration_storm(spec, url, tasks, uploads, image, runs, out: Path) -> di
             "registrations": doc["registrations"], "report": str(out / "report.json")}
 
 
-def summary_table(doc: dict) -> str:
+def summary_table(doc: dict, top_rate: float) -> str:
+    """The side-by-side table; a system that met the SLO at the top swept rate shows its capacity as a lower bound."""
     runs = doc["runs"]
     limit = runs["mosaserve, bare backbone"]["goodput_at_slo_rps"] or None
     rows = {}
@@ -196,10 +197,15 @@ def summary_table(doc: dict) -> str:
         rows[name] = row
     lines = ["| system | max rate in SLO | goodput | p50 ms | p99 ms | x bare backbone | x best per-task models | "
              "serving RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    capped = [name for name, row in rows.items() if row["max_rate"] == top_rate]
     for name, row in rows.items():
-        lines.append(f"| {name} | {_fmt(row['max_rate'])} | {_fmt(row.get('goodput_rps'))} | {_fmt(row.get('p50_ms'))} | "
+        rate = (">=" if name in capped else "") + _fmt(row["max_rate"])
+        lines.append(f"| {name} | {rate} | {_fmt(row.get('goodput_rps'))} | {_fmt(row.get('p50_ms'))} | "
                      f"{_fmt(row.get('p99_ms'))} | {_fmt(row['vs_backbone'], 2)} | {_fmt(row['vs_per_task'], 2)} | "
                      f"{_fmt(runs[name].get('serving_rss_mib'), 0)} |")
+    if capped:
+        lines += ["", f"Met the SLO at the top swept rate ({top_rate:g} req/s), so capacity not found, and ratios "
+                      f"involving them bounded by the sweep, not measured: {', '.join(capped)}. Sweep higher --rates."]
     storm = doc["registration_storm"]
     lines += ["", f"Registration burst at {storm['rate']} req/s: {storm['registrations']['count']} uploads "
               f"({storm['registrations']['statuses']}), p99 during / before = {_fmt(storm['verdict']['p99_ratio'], 2)}, "
