@@ -8,6 +8,8 @@ alpha and 16-bit images all become 8-bit RGB.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,20 +30,33 @@ class ImageTooLargeError(BadImageError):
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
     """JPEG/PNG bytes -> uint8 tensor (3, H, W)."""
+    with _checked_image(data, max_pixels) as image:
+        rgb = _to_rgb(image)
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def image_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The pixel count an image declares in its header, after the same checks as `decode_image`; decodes nothing."""
+    with _checked_image(data, max_pixels) as image:
+        return image.size[0] * image.size[1]
+
+
+@contextmanager
+def _checked_image(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The opened image once its header passed the checks; PIL's failures inside become BadImageError."""
     if not data:
         raise BadImageError("empty image body")
     try:
         with Image.open(io.BytesIO(data)) as image:  # parses the header only
             _check_header(image, max_pixels)
-            rgb = _to_rgb(image)
+            yield image
     except BadImageError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL's ways of saying "corrupt"
         raise BadImageError(f"cannot decode image: {exc}") from exc
-    array = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def _check_header(image: Image.Image, max_pixels: int) -> None:

@@ -49,6 +49,9 @@ class ServeConfig:
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_images_per_request: int = 64
+    # Pixels of all the images of one request together, read from their headers before any is decoded:
+    # each image may hold max_image_pixels, and 64 of them would otherwise decode to 4.8 GB in the ingress.
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
     default_top_k: int = 5
     datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
@@ -62,7 +65,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
-                    "max_image_pixels", "max_images_per_request", "max_adapter_bytes", "default_top_k",
+                    "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes", "default_top_k",
                     "sync_interval_s", "registration_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:

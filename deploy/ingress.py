@@ -13,7 +13,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..adapters.images import BadImageError, ImageTooLargeError, decode_image
+from ..adapters.images import BadImageError, ImageTooLargeError, decode_image, image_pixels
 from ..runtime.errors import InvalidTaskIdError
 from ..runtime.metrics import RequestMetrics, exposition, merge_expositions
 from ..runtime.task_ids import BACKBONE_TASK, validate_task_id
@@ -69,6 +69,16 @@ def _valid_task_id(task_id: str) -> None:
         validate_task_id(task_id)
     except InvalidTaskIdError as exc:
         raise ApiError(400, str(exc)) from exc
+
+
+def _as_api_error(index: int, read, data: bytes, max_pixels: int):
+    """`read(data, max_pixels)` for the request's image `index`, its failures as the HTTP errors they are."""
+    try:
+        return read(data, max_pixels)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, f"image {index}: {exc}") from exc
+    except BadImageError as exc:
+        raise ApiError(400, f"image {index}: {exc}") from exc
 
 
 def _prediction(reply: RowReply) -> dict:
@@ -136,15 +146,13 @@ class Ingress:
         }
 
     def _decode_all(self, encoded: list[bytes]) -> list:
-        images = []
-        for index, data in enumerate(encoded):
-            try:
-                images.append(decode_image(data, self.config.max_image_pixels))
-            except ImageTooLargeError as exc:
-                raise ApiError(413, f"image {index}: {exc}") from exc
-            except BadImageError as exc:
-                raise ApiError(400, f"image {index}: {exc}") from exc
-        return images
+        """Every image's header first, so a request whose images decode to more than the budget decodes none."""
+        limit = self.config.max_image_pixels
+        total = sum(_as_api_error(index, image_pixels, data, limit) for index, data in enumerate(encoded))
+        if total > self.config.max_request_pixels:
+            raise ApiError(413, f"the request's {len(encoded)} images hold {total} pixels together; the limit is "
+                                f"{self.config.max_request_pixels}: send fewer or smaller images per request")
+        return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)]
 
     # --- tasks -----------------------------------------------------------------------------
     @app.get("/v1/tasks")

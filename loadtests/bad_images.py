@@ -253,4 +253,11 @@ class PredictCases:
         over = self.limits.max_images_per_request + 1
         self.json("json-too-many-images", c, 413, f"{over} images in one request; the limit is {over - 1}",
                   {"images": [b64(self.rgb_png)] * over})
+        budget, side = self.limits.max_request_pixels, int(self.limits.max_image_pixels ** 0.5)
+        full = b64(png_bytes.png(side, side, 8, 0))
+        fits = budget // (side * side)
+        self.json("json-images-at-request-pixels", c, 200, None, {"images": [full] * fits},
+                  note=f"{fits} images at max_image_pixels: max_request_pixels exactly")
+        self.json("json-images-over-request-pixels", c, 413,
+                  f"hold {(fits + 1) * side * side} pixels together; the limit is {budget}", {"images": [full] * (fits + 1)})
         self.add("json-nan-literal", c, 400, "image 0 must be a base64 string", b'{"image": NaN}', JSON)

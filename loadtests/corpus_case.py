@@ -48,6 +48,7 @@ class Limits:
     max_image_pixels: int = 1_000_000
     max_images_per_request: int = 4
     max_adapter_bytes: int = 1024 * 1024
+    max_request_pixels: int = 2_000_000
 
 
 def full_body(stored: bytes | None, repeat: int, pad_to: int | None) -> bytes | None:

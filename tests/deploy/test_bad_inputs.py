@@ -36,7 +36,8 @@ def assumptions_hold(service, assumes: dict) -> None:
     """The expected statuses were written for these limits and this backbone."""
     config = service.config
     assert assumes["limits"] == asdict(Limits(config.max_request_bytes, config.max_image_pixels,
-                                              config.max_images_per_request, config.max_adapter_bytes))
+                                              config.max_images_per_request, config.max_adapter_bytes,
+                                              config.max_request_pixels))
     assert (CORPUS_BACKBONE.name, CORPUS_BACKBONE.kwargs) == (TINY_VIT.name, TINY_VIT.kwargs)
     assert assumes["backbone"]["fingerprint"] == service.info.fingerprint
     served = requests.get(f"{service.url}/v1/tasks/__backbone__", timeout=30).json()["backbone"]

@@ -173,6 +173,12 @@ def test_error_codes_for_bad_requests(service):
     assert service.predict("known", b'{"image": "@@@"}', "application/json").status_code == 400
     five = {"images": [base64.b64encode(png()).decode()] * 5}
     assert requests.post(f"{url}/v1/tasks/known/predict", json=five, timeout=30).status_code == 413
+    # Each image at max_image_pixels (1M), three together over max_request_pixels (2M): refused from the headers.
+    full = base64.b64encode(png(size=(1000, 1000))).decode()
+    three = requests.post(f"{url}/v1/tasks/known/predict", json={"images": [full] * 3}, timeout=30)
+    assert three.status_code == 413 and "hold 3000000 pixels together; the limit is 2000000" in three.json()["error"]
+    two = requests.post(f"{url}/v1/tasks/known/predict", json={"images": [full] * 2}, timeout=60)
+    assert two.status_code == 200 and len(two.json()["predictions"]) == 2
     assert service.predict("known", png(), top_k=0).status_code == 400
     for reply in (service.predict("nobody", png()), service.predict("known", b"x")):
         assert reply.json()["error"]  # a message, not an empty body
