@@ -65,8 +65,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
-                    "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes", "default_top_k",
-                    "sync_interval_s", "registration_timeout_s")
+                    "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes",
+                    "default_top_k", "sync_interval_s", "registration_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")

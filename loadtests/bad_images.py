@@ -259,5 +259,6 @@ class PredictCases:
         self.json("json-images-at-request-pixels", c, 200, None, {"images": [full] * fits},
                   note=f"{fits} images at max_image_pixels: max_request_pixels exactly")
         self.json("json-images-over-request-pixels", c, 413,
-                  f"hold {(fits + 1) * side * side} pixels together; the limit is {budget}", {"images": [full] * (fits + 1)})
+                  f"hold {(fits + 1) * side * side} pixels together; the limit is {budget}",
+                  {"images": [full] * (fits + 1)})
         self.add("json-nan-literal", c, 400, "image 0 must be a base64 string", b'{"image": NaN}', JSON)
