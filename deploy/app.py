@@ -16,25 +16,27 @@ from .board import TaskBoard
 from .config import ServeConfig
 from .ingress import Ingress
 from .replica import TaskReplica
+from .ray_settings import actor_options
 from .trainer import TrainingSidecar
-
 
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     config = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(args)
     config = _absolute_paths(config)  # replicas may run in another working directory
-    board = TaskBoard.options(name="TaskBoard").bind(config)
+    board = TaskBoard.options(name="TaskBoard", ray_actor_options=actor_options(num_cpus=0)).bind(config)
     replicas = TaskReplica.options(
         name="TaskReplica",
         num_replicas=config.replicas,
         max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.replica_num_cpus,
-                           # Ray gives each such replica one GPU of its own, which it sees as "cuda".
-                           "num_gpus": 1 if parse_device(config.device).type == "cuda" else 0},
+        ray_actor_options=actor_options(
+            num_cpus=config.replica_num_cpus,
+            # Ray gives each such replica one GPU of its own, which it sees as "cuda".
+            num_gpus=1 if parse_device(config.device).type == "cuda" else 0),
     ).bind(config, board)
-    trainer = TrainingSidecar.options(name="TrainingSidecar", ray_actor_options={"num_cpus": config.trainer_num_cpus}
+    trainer = TrainingSidecar.options(name="TrainingSidecar",
+                                      ray_actor_options=actor_options(num_cpus=config.trainer_num_cpus)
                                       ).bind(config, board)
     return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.max_ongoing_requests,
-                           ray_actor_options={"num_cpus": 0}).bind(config, replicas, board, trainer)
+                           ray_actor_options=actor_options(num_cpus=0)).bind(config, replicas, board, trainer)
 
 
 def _absolute_paths(config: ServeConfig) -> ServeConfig:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .app import build_app
 from .config import ServeFile
+from .ray_settings import init_ray
 
 APP_NAME = "mosaserve"
 
@@ -16,7 +17,7 @@ def run_service(file: ServeFile, address: str | None = None, sample: Path | None
     import ray
     from ray import serve
 
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    init_ray(address=address, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": file.host, "port": file.port})
         serve.run(build_app(file.settings), name=APP_NAME, route_prefix=file.route_prefix)

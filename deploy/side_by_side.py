@@ -27,12 +27,13 @@ from ..loadtests.mixes import make_mix
 from ..loadtests.report import format_rows
 from ..loadtests.runner import Target
 from ..loadtests.scenarios import LoadSpec, run_scenario
-from ..loadtests.upload_cost import measure_upload_cost
+from ..loadtests.process_cost import measure_prediction_cost, measure_upload_cost
 from ..runtime.benchmark import machine_description, random_task
 from ..runtime.store import AdapterStore
 from .app import build_app
 from .config import ServeConfig
 from .per_task_models import per_task_models_app
+from .ray_settings import init_ray
 
 APP = "side-by-side"
 TOKEN = "side-by-side-admin"
@@ -56,6 +57,7 @@ class CompareSpec:
     registrations: int = 100  # uploads per burst
     registration_rounds: int = 3  # steady / burst pairs: each p99 pools three phases' requests, not one's
     registration_rate_share: float = 0.6  # the registration burst's load, as a share of the capacity found
+    cost_rate: float = 10.0  # req/s at which each system's CPU per prediction is read: below every capacity
     image_size: int = 224
     port: int = 8123
 
@@ -66,7 +68,7 @@ def run_compare(spec: CompareSpec, out_dir: Path) -> dict:
     from ray import serve
 
     with tempfile.TemporaryDirectory(prefix="mosaserve-compare-") as tmp:
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        init_ray(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                  _temp_dir=str(Path(tmp) / "ray"))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": spec.port})
@@ -125,10 +127,13 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
                 tasks=count, mix=mix, serving_rss_mib=_serving_memory_mib(url))
     storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
     upload_cost = measure_upload_cost(Target(url), uploads, spec.registrations, spec.duration_s, TOKEN)
+    prediction_cost = {"mosaserve": _prediction_cost(spec, Target(url), tasks, image)}
     serve.delete(APP)
     for models in spec.max_models:
         _deploy(per_task_models_app(config, models), url, path="/docs")
         held = "all" if models == -1 else str(models)
+        prediction_cost[f"per-task models ({held} per replica)"] = _prediction_cost(
+            spec, Target(url, send_model_id=True), tasks, image)
         for count in spec.task_counts:
             for mix in spec.mixes:
                 runs[f"per-task models ({held} per replica), {count} tasks, {mix}"] = dict(
@@ -136,7 +141,14 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
                            out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True,
                     serving_rss_mib=_serving_memory_mib(url))
         serve.delete(APP)
-    return {"runs": runs, "registration_storm": storm, "upload_cost": upload_cost}
+    return {"runs": runs, "registration_storm": storm, "upload_cost": upload_cost, "prediction_cost": prediction_cost}
+
+
+def _prediction_cost(spec: CompareSpec, target: Target, tasks: list[str], image: bytes) -> dict:
+    """CPU per prediction by process over the largest task set, uniform, at `spec.cost_rate`."""
+    count = max(spec.task_counts)
+    cost = measure_prediction_cost(target, make_mix("uniform", tasks[:count]), image, spec.cost_rate, spec.duration_s)
+    return dict(cost, tasks=count)
 
 
 def _deploy(app, url: str, path: str = "/healthz", timeout_s: float = 300.0) -> None:
@@ -214,8 +226,16 @@ def summary_table(doc: dict, top_rate: float) -> str:
     cost = doc["upload_cost"]
     lines += ["", f"Upload cost, no prediction load: {cost['accepted']} of {cost['uploads']} uploads in {cost['wall_s']} s, "
               f"registration p50 {cost['registration_p50_ms']} ms; CPU ms per upload: "
-              + ", ".join(f"{role} {ms:.1f}" for role, ms in cost["cpu_ms_per_upload"].items())]
+              + _per_role(cost["cpu_ms_per_upload"])]
+    lines += ["", "CPU ms per prediction (uniform over the largest task set, below capacity):"]
+    lines += [f"- {system}, {cost['tasks']} tasks at {cost['rate']:g} req/s, {cost['answered']} of {cost['predictions']} "
+              f"answered: " + _per_role(cost["cpu_ms_per_prediction"]) for system, cost in doc["prediction_cost"].items()]
     return "\n".join(lines)
+
+
+def _per_role(cpu_ms: dict[str, float]) -> str:
+    """The roles that spent at least 0.05 ms, largest first."""
+    return ", ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items() if ms >= 0.05)
 
 
 def _vs_best_baseline(runs: dict, run: dict) -> float | None:

@@ -14,6 +14,7 @@ import torch
 
 from mosaserve.adapters.backbone import BackboneSpec, load_backbone, save_backbone
 from mosaserve.deploy.config import ServeConfig
+from mosaserve.deploy.ray_settings import init_ray
 
 from ..conftest import TINY_VIT
 from ..runtime.helpers import adapter_bytes, random_model
@@ -48,7 +49,7 @@ def ray_cluster(tmp_path_factory):
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    init_ray(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

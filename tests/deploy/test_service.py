@@ -103,15 +103,19 @@ def test_both_replicas_serve_a_task_registered_after_start(service):
     assert set(statuses) == {200} and len(served_by) == 2
 
 
-def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_priority(service):
+def processes_of(name_part: str) -> list:
+    """The processes of the live actors whose names contain `name_part` (a deployment is `#Name#`)."""
     import psutil
     from ray._private import state  # the public state API needs the dashboard, which the test cluster lacks
 
-    def process_of(deployment: str) -> list[psutil.Process]:
-        return [psutil.Process(a["Pid"]) for a in state.actors().values()
-                if a["State"] == "ALIVE" and f"#{deployment}#" in a["Name"]]
+    return [psutil.Process(a["Pid"]) for a in state.actors().values()
+            if a["State"] == "ALIVE" and name_part in a["Name"]]
 
-    board, replicas = process_of("TaskBoard"), process_of("TaskReplica")
+
+def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_priority(service):
+    import psutil
+
+    board, replicas = processes_of("#TaskBoard#"), processes_of("#TaskReplica#")
     assert len(board) == 1 and len(replicas) == 2
     serving = {r.nice() for r in replicas}  # Ray starts its workers at 15
     lowered = min(19, serving.pop() + service.config.board_nice)
@@ -120,6 +124,15 @@ def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_
     assert {t.nice() for t in board_threads} == {lowered}  # every thread: Ray's calls arrive on threads of their own
     reply = service.put("board-made", service.adapter(seed=40)[0])
     assert reply.status_code == 201 and reply.json()["servable_everywhere"] and reply.json()["replicas"] == 2
+
+
+def test_every_process_a_prediction_or_upload_passes_sends_arguments_up_to_1_mib_inline(service):
+    # Images and uploads are a few hundred kB: over Ray's default 100 KiB they would go through the raylet.
+    path = {name: processes_of(name) for name in ("SERVE_PROXY_ACTOR", "#Ingress#", "#TaskReplica#", "#TaskBoard#")}
+    assert [len(found) for found in path.values()] == [1, 1, 2, 1]
+    for name, found in path.items():
+        for process in found:
+            assert process.environ().get("RAY_max_direct_call_object_size") == str(2**20), name
 
 
 def test_replacing_and_adding_tasks_under_load_fails_no_request(service):

@@ -29,8 +29,14 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
     assert storm["registrations"]["statuses"] == {"201": 1, "200": 3} and storm["verdict"]["failed_requests"] == 0
     cost = doc["upload_cost"]  # CPU per upload by process role; what it is depends on the machine
     assert cost["uploads"] == cost["accepted"] == 2 and {"TaskBoard", "Ingress", "TaskReplica"} <= set(cost["cpu_ms_per_upload"])
+    predicted = doc["prediction_cost"]  # CPU per prediction by process role, for mosaserve and each baseline
+    assert list(predicted) == ["mosaserve", "per-task models (all per replica)", "per-task models (1 per replica)"]
+    for system, cost in predicted.items():
+        assert cost["answered"] == cost["predictions"] > 0 and "ProxyActor" in cost["cpu_ms_per_prediction"], system
+    assert {"Ingress", "TaskReplica"} <= set(predicted["mosaserve"]["cpu_ms_per_prediction"])
+    assert "PerTaskModels" in predicted["per-task models (all per replica)"]["cpu_ms_per_prediction"]
     table = (tmp_path / "out" / "compare.md").read_text()
-    assert "CPU ms per upload: " in table
+    assert "CPU ms per upload: " in table and "CPU ms per prediction" in table
     # Every system met the SLO at the top rate: the table must not pass that off as a measured capacity.
     assert all(f"| {name} | >=10.0 |" in table for name in runs)
     assert "Met the SLO at the top swept rate (10 req/s), so capacity not found" in table

@@ -109,7 +109,7 @@ def test_registration_rounds_repeat_steady_and_burst_and_the_report_pools_each_p
 
 
 def test_process_roles_follow_rays_process_titles():
-    from mosaserve.loadtests.upload_cost import process_role
+    from mosaserve.loadtests.process_cost import process_role
 
     assert process_role("ray::ServeReplica:mosaserve:TaskReplica.handle_request_with_rejection") == "TaskReplica"
     assert process_role("ray::ServeReplica:side-by-side:TaskBoard") == "TaskBoard"
