@@ -15,9 +15,10 @@ from ..runtime.device import parse_device
 from .board import TaskBoard
 from .config import ServeConfig
 from .ingress import Ingress
-from .replica import TaskReplica
 from .ray_settings import actor_options
+from .replica import TaskReplica
 from .trainer import TrainingSidecar
+
 
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     config = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(args)

@@ -132,14 +132,15 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
     for models in spec.max_models:
         _deploy(per_task_models_app(config, models), url, path="/docs")
         held = "all" if models == -1 else str(models)
-        prediction_cost[f"per-task models ({held} per replica)"] = _prediction_cost(
-            spec, Target(url, send_model_id=True), tasks, image)
         for count in spec.task_counts:
             for mix in spec.mixes:
                 runs[f"per-task models ({held} per replica), {count} tasks, {mix}"] = dict(
                     _sweep(spec, Target(url, send_model_id=True), mix, tasks[:count], image,
                            out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True,
                     serving_rss_mib=_serving_memory_mib(url))
+        # After the sweeps: a baseline that holds every model has them all loaded by then, as in steady state.
+        prediction_cost[f"per-task models ({held} per replica)"] = _prediction_cost(
+            spec, Target(url, send_model_id=True), tasks, image)
         serve.delete(APP)
     return {"runs": runs, "registration_storm": storm, "upload_cost": upload_cost, "prediction_cost": prediction_cost}
 
