@@ -7,10 +7,12 @@ scrape of the service returns the metrics of every replica.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
+
+# Creation timestamps would add one series per series (half the text, and its render time); no panel
+# reads them. prometheus_client's switch is per process, and only mosaserve's metrics live in its processes.
+disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -79,30 +81,41 @@ class BatchMetrics:
 
 
 def merge_expositions(texts: dict[str, str]) -> bytes:
-    """Joins the exposition texts of several processes, labelling each sample with its process."""
-    families: dict[str, Metric] = {}
+    """Joins the exposition texts of several processes, labelling each sample with its process.
+
+    Line by line, without parsing: in each text (from `exposition`) a family's HELP and TYPE lines come
+    before its samples, so a family's header is taken from the first text that has it and every sample
+    line gets a `replica` label put first. Parsing and re-rendering took 28 ms per 100 tasks' metrics."""
+    header_of: dict[str, str] = {}  # family -> the source its header lines were taken from
+    lines: dict[str, list[str]] = {}  # family -> header lines, then every source's samples, in order
     for source, text in sorted(texts.items()):
-        for family in text_string_to_metric_families(text):
-            if family.name.endswith("_created"):
-                continue  # creation timestamps of each process: noise once merged
-            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
-            merged.samples.extend(
-                Sample(s.name, {**s.labels, "replica": source}, s.value, s.timestamp, s.exemplar) for s in family.samples
-            )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(list(families.values())))
-    return generate_latest(registry)
+        label, family = f'replica="{_escaped(source)}"', None
+        for line in text.splitlines():
+            if line.startswith(("# HELP ", "# TYPE ")):
+                family = line.split(" ", 3)[2]
+                if header_of.setdefault(family, source) == source:
+                    lines.setdefault(family, []).append(line)
+            elif line and not line.startswith("#") and family is not None:
+                lines[family].append(_with_label(line, label))
+    return "".join(f"{line}\n" for family in lines.values() for line in family).encode()
 
 
-class _Fixed:
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
+def _with_label(sample: str, label: str) -> str:
+    """`name{a="1"} 2` -> `name{label,a="1"} 2` and `name 2` -> `name{label} 2`: a metric name holds no brace
+    or space, so whichever comes first ends it."""
+    brace, space = sample.find("{"), sample.find(" ")
+    if 0 <= brace < space:
+        rest = sample[brace + 1:]
+        return f"{sample[:brace]}{{{label}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{sample[:space]}{{{label}}}{sample[space:]}"
 
-    def collect(self):
-        return self.families
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def exposition(registry: CollectorRegistry) -> str:
+    """The registry's Prometheus text, without `_created` series (switched off at the top of this module)."""
     return generate_latest(registry).decode()
 
 

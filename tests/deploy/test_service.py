@@ -328,7 +328,7 @@ def test_training_job_turns_a_dataset_into_a_live_task(service):
     assert answer.status_code == 200 and answer.json()["version"] == 1
     assert len(answer.json()["predictions"][0]["top_k"]) == 5  # ten digit classes, top 5
     deadline, succeeded = time.monotonic() + 20, []
-    while time.monotonic() < deadline and not succeeded:  # the trainer reports its metrics every second
+    while time.monotonic() < deadline and not succeeded:  # the trainer reports its metrics every 5 s
         text = requests.get(f"{service.url}/metrics", timeout=30).text
         succeeded = [line for line in text.splitlines()
                      if line.startswith("mosaserve_training_jobs_total") and 'state="succeeded"' in line]

@@ -88,3 +88,6 @@ def test_metrics_of_several_processes_merge_under_a_replica_label():
     requests = [s for s in families["mosaserve_requests"].samples if s.name == "mosaserve_requests_total"]
     assert [(s.labels, s.value) for s in requests] == [({"task": "cats", "replica": "ingress"}, 3.0)]
     assert "_created" not in text
+    # One header per family however many processes report it (Prometheus refuses a repeated TYPE line).
+    assert text.count("# TYPE mosaserve_batch_size histogram") == text.count("# HELP mosaserve_batch_size ") == 1
+    assert text.count("# TYPE process_resident_memory_bytes gauge") == 1
