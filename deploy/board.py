@@ -56,7 +56,7 @@ class ReplicaState:
     metrics_text: str = ""
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000)  # actor options (no CPU reserved): app.py
 class TaskBoard:
     def __init__(self, config: ServeConfig) -> None:
         lower_priority(config.board_nice)  # serving first: a burst of uploads waits for the cores

@@ -23,14 +23,20 @@ TOKEN = "test-admin-token"
 APP = "mosaserve"
 
 
+def live_actors(name_part: str) -> list[dict]:
+    """Ray's records (Name, Pid...) of the live actors whose names contain `name_part` (a deployment is `#Name#`)."""
+    from ray._private import state  # the public state API needs the dashboard, which the test cluster lacks
+
+    return [a for a in state.actors().values() if a["State"] == "ALIVE" and name_part in a["Name"]]
+
+
 def crash_actor(name_part: str) -> None:
     """Kills the one live actor whose name contains `name_part`, as a crash would, and returns only once its
     process is gone: ray.kill is asynchronous, and a dying replica could otherwise still write files."""
     import psutil
     import ray
-    from ray._private import state  # the public state API needs the dashboard, which the test cluster lacks
 
-    found = [a for a in state.actors().values() if a["State"] == "ALIVE" and name_part in a["Name"]]
+    found = live_actors(name_part)
     assert len(found) == 1, found
     process = psutil.Process(found[0]["Pid"])
     ray.kill(ray.get_actor(found[0]["Name"], namespace="serve"), no_restart=True)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mosaserve.adapters.images import decode_image
 from mosaserve.adapters.preprocess import Preprocessor
 
-from .conftest import APP, crash_actor, deploy, wait_healthy
+from .conftest import APP, crash_actor, deploy, live_actors, wait_healthy
 
 
 def png(size=(20, 20), color=(120, 40, 200), mode="RGB") -> bytes:
@@ -104,12 +104,9 @@ def test_both_replicas_serve_a_task_registered_after_start(service):
 
 
 def processes_of(name_part: str) -> list:
-    """The processes of the live actors whose names contain `name_part` (a deployment is `#Name#`)."""
     import psutil
-    from ray._private import state  # the public state API needs the dashboard, which the test cluster lacks
 
-    return [psutil.Process(a["Pid"]) for a in state.actors().values()
-            if a["State"] == "ALIVE" and name_part in a["Name"]]
+    return [psutil.Process(a["Pid"]) for a in live_actors(name_part)]
 
 
 def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_priority(service):
