@@ -89,10 +89,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         file = read_serve_file(args.config) if args.config else ServeFile(ServeConfig())
+        settings = file.settings if args.admin_port is None else replace(file.settings, admin_port=args.admin_port)
     except ServeConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
-    settings, sample = file.settings, None
+    sample = None
     if args.demo:
         from .deploy.demo import prepare_demo, write_samples
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port (default from the config: 8000)")
     serve.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: start a local one")
     serve.add_argument("--admin-token", help="token for PUT/DELETE (default: MOSASERVE_ADMIN_TOKEN, else generated)")
+    serve.add_argument("--admin-port", type=int, help="the task board's own port for PUT/DELETE, which keeps uploads "
+                                                      "off the serving processes (default from the config: off)")
     serve.add_argument("--demo", action="store_true", help="serve the demo backbone with demo tasks (trained once)")
     serve.add_argument("--demo-dir", default="out/demo")
     serve.add_argument("--demo-epochs", type=int, default=5)

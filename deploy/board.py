@@ -12,6 +12,9 @@ their metrics; when the board's generation is newer they re-read the store. A re
 removal answers once every live replica has applied its generation: it sleeps until a heartbeat
 reports progress (no polling: a burst of uploads means many waiters). A replica that stops beating
 is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
+
+Uploads reach the board through the ingress (the main port) or straight from a client on its own
+admin port (`admin_api.py`), which keeps them off the processes that serve predictions.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+import ray
+from prometheus_client import CollectorRegistry
 from ray import serve
 
 from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError
 from ..runtime.errors import InvalidTaskIdError
+from ..runtime.metrics import RegistrationMetrics, exposition
 from ..runtime.publishing import publish_adapter
 from ..runtime.store import AdapterStore
 from ..runtime.task_ids import validate_task_id
+from .admin_api import admin_api, listen, serve_admin_api
 from .config import ServeConfig
 from .priority import lower_priority
 from .task_summary import summarize
@@ -58,7 +65,8 @@ class ReplicaState:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)  # actor options (no CPU reserved): app.py
 class TaskBoard:
-    def __init__(self, config: ServeConfig) -> None:
+    # async: runs on the event loop that takes the board's calls, so the admin port is served there too
+    async def __init__(self, config: ServeConfig) -> None:
         lower_priority(config.board_nice)  # serving first: a burst of uploads waits for the cores
         self.config = config
         self.store = AdapterStore(config.store_dir)
@@ -69,11 +77,24 @@ class TaskBoard:
         self.process_metrics: dict[str, tuple[float, str]] = {}  # ingress processes: (seen_at, text)
         self.backbone: BackboneInfo | None = None  # what the replicas serve, from their heartbeats
         self._progress = asyncio.Event()  # set, then replaced, whenever a replica reports news
+        self.process_id = f"board-{serve.get_replica_context().replica_id.unique_id}"
+        self.registry = CollectorRegistry()
+        self.metrics = RegistrationMetrics(self.registry)
+        self.admin_url = self._open_admin_port() if config.admin_port is not None else None
+
+    def _open_admin_port(self) -> str:
+        sock = listen(self.config.admin_host, self.config.admin_port)
+        self._admin_server = serve_admin_api(admin_api(self, self.config), sock)
+        host = self.config.admin_host
+        if host in ("0.0.0.0", "::"):  # every interface: name the one Ray knows this node by
+            host = ray.util.get_node_ip_address()
+        return f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
 
     # --- changes to the task set -----------------------------------------------------------
     async def register(self, task_id: str, data: bytes) -> ChangeReply:
         """Validates an adapter file, publishes it as the task's next version, announces it, and answers
         once every replica serves it."""
+        began = time.perf_counter()
         backbone = await self._served_backbone()
         if backbone is None:
             return ChangeReply(False, 503, "no replica has loaded the backbone yet: retry in a few seconds")
@@ -85,8 +106,11 @@ class TaskBoard:
         except AdapterFileError as exc:
             return ChangeReply(False, 422, str(exc))
         summary = summarize(task_id, published.entry.version, published.adapter.header)
-        return await self._spread(ChangeReply(True, 201 if published.created else 200, "registered", self.announce(),
-                                              summary))
+        reply = await self._spread(ChangeReply(True, 201 if published.created else 200, "registered", self.announce(),
+                                               summary))
+        if not reply.pending:
+            self.metrics.latency.observe(time.perf_counter() - began)
+        return reply
 
     async def remove(self, task_id: str) -> ChangeReply:
         try:
@@ -163,11 +187,12 @@ class TaskBoard:
 
     def status(self) -> dict:
         live = self._live()
-        return {"replicas": sorted(live), "generation": self.generation}
+        return {"replicas": sorted(live), "generation": self.generation, "admin_url": self.admin_url}
 
     def metric_texts(self) -> dict[str, str]:
         now = time.monotonic()
         texts = {r: s.metrics_text for r, s in self._live().items() if s.metrics_text}
+        texts[self.process_id] = exposition(self.registry)
         for process_id, (seen_at, text) in list(self.process_metrics.items()):
             if now - seen_at > 60.0:  # an ingress that went away
                 del self.process_metrics[process_id]

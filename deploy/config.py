@@ -46,6 +46,11 @@ class ServeConfig:
     max_host: int | None = None  # adapters kept in host memory; None: all (the rest re-read from the store)
     strategy: str = "auto"
     admin_token: str | None = None  # or the MOSASERVE_ADMIN_TOKEN environment variable
+    # The task board's own port for PUT / DELETE /v1/tasks/{id} (admin_api.py): uploads sent there skip
+    # the processes that serve predictions. None: off (the main port takes them either way); 0: any free
+    # port (GET /healthz names it).
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_images_per_request: int = 64
@@ -72,6 +77,7 @@ class ServeConfig:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not (isinstance(self.board_nice, int) and 0 <= self.board_nice <= 19):
             raise ServeConfigError(f"board_nice must be an integer from 0 to 19, got {self.board_nice!r}")
+        self._check_admin_address()
         if self.max_host is not None and self.max_host <= 0:
             raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:
@@ -81,6 +87,13 @@ class ServeConfig:
             self.runtime_config()  # device, dtype and strategy, checked where the runtime defines them
         except ValueError as exc:
             raise ServeConfigError(str(exc)) from exc
+
+    def _check_admin_address(self) -> None:
+        port = self.admin_port
+        if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535):
+            raise ServeConfigError(f"admin_port must be a port number (0 for any free one) or null, got {port!r}")
+        if not (isinstance(self.admin_host, str) and self.admin_host.strip()):
+            raise ServeConfigError(f"admin_host must be a host name or address, got {self.admin_host!r}")
 
     def _check_jobs_dir(self) -> None:
         if self.jobs_dir is not None and not self.jobs_dir.strip():

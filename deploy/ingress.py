@@ -5,45 +5,30 @@ import asyncio
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..adapters.images import BadImageError, ImageTooLargeError, decode_image, image_pixels
-from ..runtime.errors import InvalidTaskIdError
 from ..runtime.metrics import RequestMetrics, exposition, merge_expositions
-from ..runtime.task_ids import BACKBONE_TASK, validate_task_id
+from ..runtime.task_ids import BACKBONE_TASK
 from .auth import require_admin
 from .config import ServeConfig
 from .errors import ApiError
+from .http_errors import add_error_handlers
 from .metrics_push import report_metrics_forever
-from .board import ChangeReply
 from .replica import PredictItem, RowReply
 from .replica_calls import predict_row
 from .request_body import images_from_body, json_document, read_limited
+from .task_change_routes import register_task, remove_task, valid_task_id
 from .train_jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
 OTHER_TASK = "(other)"  # metric label for ids not (yet) known to be registered: keeps label cardinality bounded
-
-
-@app.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=headers)
-
-
-# Routing and parameter errors answer in the same {"error", "status"} shape as ours, so a client
-# reads every 4xx the same way.
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+add_error_handlers(app)
 
 
 # A deployment this request needed (the task board, the sidecar) died while answering; Serve starts a
@@ -57,20 +42,7 @@ async def _part_restarting(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": message, "status": 503}, status_code=503, headers={"Retry-After": "2"})
 
 
-@app.exception_handler(RequestValidationError)
-async def _parameter_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{' '.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors())
-    return JSONResponse({"error": f"invalid request: {problems}", "status": 400}, status_code=400)
-
-
 # Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
-def _valid_task_id(task_id: str) -> None:
-    try:
-        validate_task_id(task_id)
-    except InvalidTaskIdError as exc:
-        raise ApiError(400, str(exc)) from exc
-
-
 def _as_api_error(index: int, read, data: bytes, max_pixels: int):
     """`read(data, max_pixels)` for the request's image `index`, its failures as the HTTP errors they are."""
     try:
@@ -123,7 +95,7 @@ class Ingress:
 
     async def _predict(self, task_id: str, request: Request, top_k: int | None) -> dict:
         if task_id != BACKBONE_TASK:
-            _valid_task_id(task_id)
+            valid_task_id(task_id)
         k = self.config.default_top_k if top_k is None else top_k
         if not 1 <= k <= 1000:
             raise ApiError(400, f"top_k must be between 1 and 1000, got {k}")
@@ -163,7 +135,7 @@ class Ingress:
     @app.get("/v1/tasks/{task_id}")
     async def get_task(self, task_id: str) -> dict:
         if task_id != BACKBONE_TASK:
-            _valid_task_id(task_id)
+            valid_task_id(task_id)
         found = await self.replicas.describe.remote(task_id)
         if found is None:
             raise ApiError(404, f"task {task_id!r} is not registered")
@@ -171,40 +143,17 @@ class Ingress:
 
     @app.put("/v1/tasks/{task_id}")
     async def put_task(self, task_id: str, request: Request) -> JSONResponse:
-        """Register or replace a task: the body is its adapter file (.safetensors). Admin token required."""
-        require_admin(request.headers.get("authorization"), self.admin_token)
-        _valid_task_id(task_id)
-        began = time.perf_counter()
-        data = await read_limited(request.stream(), request.headers.get("content-length"),
-                                  self.config.max_adapter_bytes, "adapter file")
-        if not data:
-            raise ApiError(422, "empty body: upload the adapter file (.safetensors) as the request body")
-        reply: ChangeReply = await self.board.register.remote(task_id, data)
-        if not reply.ok:
-            raise ApiError(reply.status, reply.message)
+        """Register or replace a task: the body is its adapter file (.safetensors). Admin token required.
+        The task board's admin port, where configured, takes the same request off the serving processes."""
+        answer = await register_task(task_id, request, self.config, self.admin_token, self.board.register.remote)
         self.known_tasks.add(task_id)
-        return self._answer_change(reply, began, {"task": reply.task})
+        return answer
 
     @app.delete("/v1/tasks/{task_id}")
     async def delete_task(self, task_id: str, request: Request) -> JSONResponse:
-        require_admin(request.headers.get("authorization"), self.admin_token)
-        _valid_task_id(task_id)
-        began = time.perf_counter()
-        reply: ChangeReply = await self.board.remove.remote(task_id)
-        if not reply.ok:
-            raise ApiError(reply.status, reply.message)
+        answer = await remove_task(task_id, request, self.admin_token, self.board.remove.remote)
         self.known_tasks.discard(task_id)
-        return self._answer_change(reply, began, {"task_id": task_id, "removed": True})
-
-    def _answer_change(self, reply: ChangeReply, began: float, body: dict) -> JSONResponse:
-        """The board answers once every replica serves the change (202 if some did not within the timeout)."""
-        elapsed = time.perf_counter() - began
-        everywhere = not reply.pending
-        if everywhere:
-            self.metrics.registration_latency.observe(elapsed)
-        body.update(servable_everywhere=everywhere, replicas=len(reply.replicas), pending=list(reply.pending),
-                    seconds=round(elapsed, 4))
-        return JSONResponse(body, status_code=reply.status if everywhere else 202)
+        return answer
 
     # --- training --------------------------------------------------------------------------
     @app.post("/v1/train")
@@ -239,8 +188,8 @@ class Ingress:
     async def healthz(self) -> JSONResponse:
         status = await self.board.status.remote()
         ready = bool(status["replicas"])
-        return JSONResponse({"status": "ok" if ready else "starting", "replicas": len(status["replicas"])},
-                            status_code=200 if ready else 503)
+        return JSONResponse({"status": "ok" if ready else "starting", "replicas": len(status["replicas"]),
+                             "admin_url": status["admin_url"]}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics(self) -> Response:

@@ -21,14 +21,15 @@ def run_service(file: ServeFile, address: str | None = None, sample: Path | None
     try:
         serve.start(http_options={"host": file.host, "port": file.port})
         serve.run(build_app(file.settings), name=APP_NAME, route_prefix=file.route_prefix)
-        print(banner(file, sample), flush=True)
+        admin_url = serve.get_deployment_handle("TaskBoard", APP_NAME).status.remote().result()["admin_url"]
+        print(banner(file, sample, admin_url), flush=True)
         _wait_for_signal()
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def banner(file: ServeFile, sample: Path | None) -> str:
+def banner(file: ServeFile, sample: Path | None, admin_url: str | None = None) -> str:
     base = f"http://{'127.0.0.1' if file.host in ('0.0.0.0', '::') else file.host}:{file.port}{file.route_prefix.rstrip('/')}"
     token = file.settings.resolved_admin_token()
     image = sample or Path("image.png")
@@ -42,9 +43,10 @@ def banner(file: ServeFile, sample: Path | None) -> str:
         "",
         "Classify an image:",
         f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @{image} {base}/v1/tasks/{task}/predict",
-        "Register or replace a task (admin):",
+        "Register or replace a task (admin" + (", on the task board's own port, off the serving path):" if admin_url
+                                               else "):"),
         f"  curl -s -X PUT -H 'Authorization: Bearer {token or '<admin token>'}' --data-binary @adapter.safetensors "
-        f"{base}/v1/tasks/<task_id>",
+        f"{admin_url or base}/v1/tasks/<task_id>",
         "Stop with Ctrl-C.",
     ]
     return "\n".join(lines)

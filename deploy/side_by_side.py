@@ -94,7 +94,7 @@ def _config(spec: CompareSpec, root: Path) -> ServeConfig:
     return ServeConfig(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
                        torch_threads=spec.torch_threads, max_batch_size=spec.max_batch_size,
                        batch_wait_timeout_s=spec.batch_wait_timeout_s, admin_token=TOKEN,
-                       registration_timeout_s=60)
+                       registration_timeout_s=60, admin_port=0)
 
 
 def _make_adapters(config: ServeConfig, count: int, uploads: int, r: int) -> tuple[list[str], list[bytes]]:
@@ -125,8 +125,11 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
             runs[f"mosaserve, {count} tasks, {mix}"] = dict(
                 _sweep(spec, Target(url), mix, tasks[:count], image, out_dir / f"mosaserve-{count}-{mix}"),
                 tasks=count, mix=mix, serving_rss_mib=_serving_memory_mib(url))
-    storm = _registration_storm(spec, url, tasks, uploads, image, runs, out_dir / "registrations")
-    upload_cost = measure_upload_cost(Target(url), uploads, spec.registrations, spec.duration_s, TOKEN)
+    storms, upload_costs = {}, {}
+    for route, target in _upload_routes(url).items():  # the main port, then the task board's admin port
+        storms[route] = _registration_storm(spec, target, tasks, uploads, image, runs, out_dir / f"registrations-{route}")
+        upload_costs[route] = measure_upload_cost(target, uploads, spec.registrations, spec.duration_s, TOKEN,
+                                                  prefix=f"upload-cost-{route}-")
     prediction_cost = {"mosaserve": _prediction_cost(spec, Target(url), tasks, image)}
     serve.delete(APP)
     for models in spec.max_models:
@@ -142,7 +145,13 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
         prediction_cost[f"per-task models ({held} per replica)"] = _prediction_cost(
             spec, Target(url, send_model_id=True), tasks, image)
         serve.delete(APP)
-    return {"runs": runs, "registration_storm": storm, "upload_cost": upload_cost, "prediction_cost": prediction_cost}
+    return {"runs": runs, "registration_storms": storms, "upload_costs": upload_costs, "prediction_cost": prediction_cost}
+
+
+def _upload_routes(url: str) -> dict[str, Target]:
+    with urllib.request.urlopen(url + "/healthz", timeout=10) as response:
+        admin_url = json.loads(response.read())["admin_url"]
+    return {"main": Target(url), "admin": Target(url, admin_url=admin_url)}
 
 
 def _prediction_cost(spec: CompareSpec, target: Target, tasks: list[str], image: bytes) -> dict:
@@ -185,14 +194,14 @@ def _serving_memory_mib(url: str) -> float:
     return round(sum(serving) / 2**20, 1)
 
 
-def _registration_storm(spec, url, tasks, uploads, image, runs, out: Path) -> dict:
+def _registration_storm(spec, target: Target, tasks, uploads, image, runs, out: Path) -> dict:
     """Uploads (new tasks, then replacements) during steady load over the largest task set."""
     largest = max(spec.task_counts)
     capacity = runs[f"mosaserve, {largest} tasks, uniform"]["max_rate_within_slo"] or spec.rates[0]
     load = LoadSpec(rate=round(capacity * spec.registration_rate_share, 1), duration_s=2 * spec.duration_s,
                     slo_s=spec.slo_ms / 1000, warmup_s=spec.warmup_s, registrations=spec.registrations,
-                    rounds=spec.registration_rounds)
-    doc = run_scenario("registrations", Target(url), load, make_mix("uniform", tasks[:largest]), image, out, uploads,
+                    rounds=spec.registration_rounds, upload_prefix=f"storm-{out.name}-")
+    doc = run_scenario("registrations", target, load, make_mix("uniform", tasks[:largest]), image, out, uploads,
                        TOKEN)
     return {"rate": load.rate, "verdict": doc["verdict"], "phases": doc["phases"],
             "registrations": doc["registrations"], "report": str(out / "report.json")}
@@ -219,15 +228,16 @@ def summary_table(doc: dict, top_rate: float) -> str:
     if capped:
         lines += ["", f"Met the SLO at the top swept rate ({top_rate:g} req/s), so capacity not found, and ratios "
                       f"involving them bounded by the sweep, not measured: {', '.join(capped)}. Sweep higher --rates."]
-    storm = doc["registration_storm"]
-    lines += ["", f"Registration burst at {storm['rate']} req/s: {storm['registrations']['count']} uploads "
-              f"({storm['registrations']['statuses']}), p99 during / before = {_fmt(storm['verdict']['p99_ratio'], 2)}, "
-              f"failed requests {storm['verdict']['failed_requests']}", "",
-              format_rows(storm["phases"], "registration burst phase")]
-    cost = doc["upload_cost"]
-    lines += ["", f"Upload cost, no prediction load: {cost['accepted']} of {cost['uploads']} uploads in {cost['wall_s']} s, "
-              f"registration p50 {cost['registration_p50_ms']} ms; CPU ms per upload: "
-              + _per_role(cost["cpu_ms_per_upload"])]
+    for route, storm in doc["registration_storms"].items():
+        lines += ["", f"Registration burst via the {route} port at {storm['rate']} req/s: "
+                      f"{storm['registrations']['count']} uploads ({storm['registrations']['statuses']}), p99 during / "
+                      f"before = {_fmt(storm['verdict']['p99_ratio'], 2)}, failed requests "
+                      f"{storm['verdict']['failed_requests']}", "",
+                  format_rows(storm["phases"], "registration burst phase")]
+    for route, cost in doc["upload_costs"].items():
+        lines += ["", f"Upload cost via the {route} port, no prediction load: {cost['accepted']} of {cost['uploads']} "
+                      f"uploads in {cost['wall_s']} s, registration p50 {cost['registration_p50_ms']} ms; CPU ms per "
+                      "upload: " + _per_role(cost["cpu_ms_per_upload"])]
     lines += ["", "CPU ms per prediction (uniform over the largest task set, below capacity):"]
     lines += [f"- {system}, {cost['tasks']} tasks at {cost['rate']:g} req/s, {cost['answered']} of {cost['predictions']} "
               f"answered: " + _per_role(cost["cpu_ms_per_prediction"]) for system, cost in doc["prediction_cost"].items()]

@@ -25,7 +25,7 @@ def run_command(args: argparse.Namespace) -> int:
     image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
     files = adapter_files(Path(args.adapters)) if args.adapters else []
     target = Target(args.url, "image/jpeg" if args.image and args.image.lower().endswith((".jpg", ".jpeg"))
-                    else "image/png", send_model_id=args.model_id_header)
+                    else "image/png", send_model_id=args.model_id_header, admin_url=args.admin_url)
     token = args.token or os.environ.get("MOSASERVE_ADMIN_TOKEN")
     doc = run_scenario(args.scenario, target, spec, mix, image, Path(args.out), files, token)
     print(format_scenario(doc))
@@ -52,6 +52,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registration-every", type=float, default=10.0, help="soak: seconds between uploads")
     parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations, soak)")
     parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")
+    parser.add_argument("--admin-url", help="send the uploads to the task board's admin port, e.g. "
+                                            "http://127.0.0.1:8001 (default: --url)")
     parser.add_argument("--image", help="a PNG or JPEG to send (default: a random PNG)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--model-id-header", action="store_true",

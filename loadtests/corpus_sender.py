@@ -19,6 +19,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from .corpus_case import full_body
@@ -83,8 +84,10 @@ def problem(case: dict, reply: Reply) -> str | None:
     return None
 
 
-def send_all(url: str, folder: Path, admin_token: str | None, threads: int = 4) -> list[tuple[dict, Reply]]:
-    cases = load_manifest(folder)["cases"]
+def send_all(url: str, folder: Path, admin_token: str | None, threads: int = 4,
+             only: Callable[[dict], bool] | None = None) -> list[tuple[dict, Reply]]:
+    """Every case, or those `only` picks (the admin port serves task changes alone)."""
+    cases = [case for case in load_manifest(folder)["cases"] if only is None or only(case)]
     with ThreadPoolExecutor(threads) as pool:
         replies = list(pool.map(lambda case: send(url, case, folder, admin_token), cases))
     return list(zip(cases, replies))

@@ -26,9 +26,13 @@ class Target:
     content_type: str = "image/png"
     send_model_id: bool = False  # also name the task in Serve's multiplexing header
     timeout_s: float = 30.0
+    admin_url: str | None = None  # where uploads go (the task board's admin port); None: `url`
 
     def predict_url(self, task: str) -> str:
         return f"{self.url.rstrip('/')}/v1/tasks/{task}/predict"
+
+    def task_url(self, task: str) -> str:
+        return f"{(self.admin_url or self.url).rstrip('/')}/v1/tasks/{task}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ def require_loopback(url: str) -> None:
 def run_load(target: Target, arrivals: list[Arrival], image: bytes, registrations: list[Registration] = (),
              admin_token: str | None = None, allow_remote: bool = False) -> LoadResult:
     if not allow_remote:
-        require_loopback(target.url)
+        for url in filter(None, (target.url, target.admin_url)):
+            require_loopback(url)
     return asyncio.run(_run(target, arrivals, image, list(registrations), admin_token))
 
 
@@ -134,8 +139,7 @@ async def _register(session, target: Target, item: Registration, token: str | No
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     began, status, everywhere = time.monotonic(), 0, False
     try:
-        async with session.put(f"{target.url.rstrip('/')}/v1/tasks/{item.task}", data=item.data,
-                               headers=headers) as response:
+        async with session.put(target.task_url(item.task), data=item.data, headers=headers) as response:
             status = response.status
             if status in (200, 201, 202):
                 everywhere = bool((await response.json()).get("servable_everywhere"))

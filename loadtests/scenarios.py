@@ -35,6 +35,7 @@ class LoadSpec:
     # registrations: this many steady / upload-burst pairs back to back; each phase's p99 pools its rounds,
     # so it rests on more than one short phase's handful of requests
     rounds: int = 1
+    upload_prefix: str = "loadtest-"  # registrations: the uploaded tasks' ids start with it
     registration_every_s: float = 10.0  # soak: one upload this often
     windows: int = 5  # soak: latency compared across this many equal spans of the run
     allow_remote: bool = False
@@ -87,14 +88,16 @@ def run_scenario(scenario: str, target: Target, spec: LoadSpec, mix: TaskMix, im
         doc = _soak(target, spec, mix, image, out_dir, list(adapter_files), admin_token)
     else:
         doc = _run_once(scenario, target, spec, mix, image, out_dir, list(adapter_files), admin_token)
-    doc.update(scenario=scenario, mix=mix.describe(), target=target.url, spec=asdict(spec))
+    doc.update(scenario=scenario, mix=mix.describe(), target=target.url, uploads_to=target.admin_url or target.url,
+               spec=asdict(spec))
     (out_dir / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
 def _run_once(scenario, target, spec, mix, image, out_dir, adapter_files, admin_token, name="latency") -> dict:
     phases = phases_for(scenario, spec)
-    uploads = registration_plan(phases, adapter_files, spec.registrations) if scenario == "registrations" else []
+    uploads = (registration_plan(phases, adapter_files, spec.registrations, spec.upload_prefix)
+               if scenario == "registrations" else [])
     result = run_load(target, plan_arrivals(phases, mix, spec.seed), image, uploads, admin_token, spec.allow_remote)
     doc = report(result, phases, spec.slo_s)
     measured = [r for r in result.requests if r.phase != "warmup"]

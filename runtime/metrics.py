@@ -36,10 +36,17 @@ class RequestMetrics:
         self.latency = Histogram("mosaserve_request_latency_seconds",
                                  "End-to-end server-side latency of an inference request, per task.", ["task"],
                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.registration_latency = Histogram(
-            "mosaserve_registration_latency_seconds",
-            "From an adapter upload to its version being servable on every replica.",
-            buckets=LATENCY_BUCKETS, registry=registry)
+
+
+class RegistrationMetrics:
+    """Recorded where the task set changes (the task board), whichever way an upload came: the main
+    port, the admin port or the training sidecar."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        _watch_process(registry)
+        self.latency = Histogram("mosaserve_registration_latency_seconds",
+                                 "From the task board receiving an adapter file to its version being servable on "
+                                 "every replica.", buckets=LATENCY_BUCKETS, registry=registry)
 
 
 class BatchMetrics:

@@ -122,6 +122,7 @@ def test_the_shipped_serve_config_builds_the_application():
     assert (file.host, file.port) == ("127.0.0.1", 8000)
     assert file.settings.backbone == EMBEDDED_BACKBONE == ServeConfig().backbone  # the embedded default
     assert file.settings.backbone.kwargs["img_size"] == 28 and file.settings.replicas == 1
+    assert (file.settings.admin_port, file.settings.admin_host) == (8001, "127.0.0.1")  # uploads off the serving path
     app = build_app(file.settings)
     assert type(app).__name__ == "Application"
 
@@ -154,6 +155,12 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     for nice in (-1, 20, 2.5):  # lowering the board below serving's priority would need privileges; 19 is the floor
         with pytest.raises(ServeConfigError, match="board_nice must be an integer from 0 to 19"):
             ServeConfig.from_dict({"board_nice": nice})
+    for port in (-1, 65536, "8001", True, 1.5):
+        with pytest.raises(ServeConfigError, match="admin_port must be a port number"):
+            ServeConfig.from_dict({"admin_port": port})
+    with pytest.raises(ServeConfigError, match="admin_host must be"):
+        ServeConfig.from_dict({"admin_host": " "})
+    assert ServeConfig().admin_port is None and ServeConfig(admin_port=0).admin_port == 0
     # Caught when the config is read, not when a replica builds its first batch.
     for bad, message in [({"dtype": "int8"}, "dtype must be one of"), ({"dtype": "float"}, "dtype must be one of"),
                          ({"device": "gpu0"}, "unknown device 'gpu0'"), ({"strategy": "fastest"}, "strategy must be one of")]:
@@ -166,3 +173,17 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     two_apps.write_text("applications: [{name: a}, {name: b}]\n")
     with pytest.raises(ServeConfigError, match="exactly one application"):
         read_serve_file(two_apps)
+
+
+def test_an_admin_port_in_use_fails_the_board_s_start_with_a_clear_error():
+    from mosaserve.deploy.admin_api import listen
+
+    taken = listen("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on its admin port 127.0.0.1:{port}"):
+            listen("127.0.0.1", port)
+    finally:
+        taken.close()
+    again = listen("127.0.0.1", port)  # free again: a restarted board takes its port back at once
+    again.close()

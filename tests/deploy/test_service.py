@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mosaserve.adapters.images import decode_image
 from mosaserve.adapters.preprocess import Preprocessor
 
-from .conftest import APP, crash_actor, deploy, live_actors, wait_healthy
+from .conftest import APP, TOKEN, crash_actor, deploy, live_actors, wait_healthy
 
 
 def png(size=(20, 20), color=(120, 40, 200), mode="RGB") -> bytes:
@@ -211,6 +211,50 @@ def test_error_codes_for_bad_requests(service):
     assert requests.delete(f"{url}/v1/tasks/known", headers={"Authorization": "Bearer test-admin-token"},
                            timeout=30).status_code == 404
     assert service.predict("__backbone__", png()).status_code == 200  # still serving
+
+
+def test_the_board_s_admin_port_changes_tasks_as_the_main_port_does(service):
+    admin = requests.get(f"{service.url}/healthz", timeout=30).json()["admin_url"]
+    assert admin.startswith("http://127.0.0.1:") and admin != service.url  # admin_port 0: a free port, named here
+    task_url = f"{admin}/v1/tasks/side-door"
+
+    def put(body: bytes, token: str | None = TOKEN, url: str = task_url) -> requests.Response:
+        return requests.put(url, data=body, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=60)
+
+    first, second = service.adapter(seed=50)[0], service.adapter(seed=51)[0]
+    refused = put(first, token=None)
+    assert refused.status_code == 401 and refused.json()["status"] == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    assert put(first, token="wrong").status_code == 401
+    bad = put(b"definitely not safetensors")
+    assert bad.status_code == 422 and "safetensors" in bad.json()["error"].lower()
+    assert put(b"").status_code == 422
+    assert put(b"\0" * (service.config.max_adapter_bytes + 1)).status_code == 413
+    assert put(first, url=f"{admin}/v1/tasks/bad..id").status_code == 400
+    assert service.predict("side-door", png()).status_code == 404  # nothing refused was published
+
+    created = put(first)
+    assert created.status_code == 201 and created.json()["servable_everywhere"] and created.json()["replicas"] == 2
+    assert created.json()["task"]["version"] == 1
+    versions, served_by = set(), set()
+    for _ in range(60):  # right after the PUT, every replica must already have it
+        if len(served_by) == 2:
+            break
+        answer = service.predict("side-door", png()).json()
+        versions.add(answer["version"])
+        served_by.add(answer["predictions"][0]["replica"])
+    assert versions == {1} and len(served_by) == 2
+    replaced = put(second)
+    assert replaced.status_code == 200 and replaced.json()["task"]["version"] == 2
+    assert service.predict("side-door", png()).json()["version"] == 2
+    listed = {t["task_id"]: t for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
+    assert listed["side-door"]["version"] == 2
+
+    assert requests.delete(task_url, timeout=30).status_code == 401
+    gone = requests.delete(task_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert gone.status_code == 200 and gone.json()["removed"] and gone.json()["servable_everywhere"]
+    assert service.predict("side-door", png()).status_code == 404
+    assert requests.delete(task_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).status_code == 404
+    assert requests.get(f"{admin}/v1/tasks/side-door/predict", timeout=30).status_code == 404  # admin routes only
 
 
 def test_mixed_batches_and_metrics_of_every_replica_on_one_endpoint(service):

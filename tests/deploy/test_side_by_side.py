@@ -24,11 +24,14 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
     for name, run in runs.items():
         assert run["max_rate_within_slo"] == 10.0, name  # a 5 s SLO: both rates pass on every system
         assert run["at_max_rate"]["errors"] == 0 and run["goodput_at_slo_rps"] > 0, name
-    storm = doc["registration_storm"]
-    # Two bursts of two uploads of one task: created once, then replaced three times.
-    assert storm["registrations"]["statuses"] == {"201": 1, "200": 3} and storm["verdict"]["failed_requests"] == 0
-    cost = doc["upload_cost"]  # CPU per upload by process role; what it is depends on the machine
-    assert cost["uploads"] == cost["accepted"] == 2 and {"TaskBoard", "Ingress", "TaskReplica"} <= set(cost["cpu_ms_per_upload"])
+    # Uploads through the main port (proxy, ingress, board) and straight to the board's admin port.
+    assert list(doc["registration_storms"]) == list(doc["upload_costs"]) == ["main", "admin"]
+    for route, storm in doc["registration_storms"].items():
+        # Two bursts of two uploads of one task of the route's own: created once, then replaced three times.
+        assert storm["registrations"]["statuses"] == {"201": 1, "200": 3}, route
+        assert storm["verdict"]["failed_requests"] == 0, route
+    for route, cost in doc["upload_costs"].items():  # CPU per upload by process role; its size depends on the machine
+        assert cost["uploads"] == cost["accepted"] == 2 and {"TaskBoard", "TaskReplica"} <= set(cost["cpu_ms_per_upload"])
     predicted = doc["prediction_cost"]  # CPU per prediction by process role, for mosaserve and each baseline
     assert list(predicted) == ["mosaserve", "per-task models (all per replica)", "per-task models (1 per replica)"]
     for system, cost in predicted.items():
@@ -36,7 +39,8 @@ def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
     assert {"Ingress", "TaskReplica"} <= set(predicted["mosaserve"]["cpu_ms_per_prediction"])
     assert "PerTaskModels" in predicted["per-task models (all per replica)"]["cpu_ms_per_prediction"]
     table = (tmp_path / "out" / "compare.md").read_text()
-    assert "CPU ms per upload: " in table and "CPU ms per prediction" in table
+    assert "Upload cost via the main port" in table and "Upload cost via the admin port" in table
+    assert "Registration burst via the admin port" in table and "CPU ms per prediction" in table
     # Every system met the SLO at the top rate: the table must not pass that off as a measured capacity.
     assert all(f"| {name} | >=10.0 |" in table for name in runs)
     assert "Met the SLO at the top swept rate (10 req/s), so capacity not found" in table
