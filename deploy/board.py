@@ -7,8 +7,11 @@ cores and interpreter lock, so a burst of uploads costs serving little; the proc
 OS priority (`board_nice`) for the same reason. It needs only the backbone's description, which
 replicas send with their heartbeats, not its weights.
 
-Replicas send a heartbeat every `sync_interval_s` carrying the generation they have applied and
-their metrics; when the board's generation is newer they re-read the store. A registration or
+Replicas send heartbeats carrying the generation they have applied and their metrics; when the
+board's generation is newer they re-read the store. A replica that is up to date waits inside its
+heartbeat call (a long poll, at most `heartbeat_s`) until the next announcement, so news reaches it
+at once while an idle replica beats once per `heartbeat_s`: each beat is a Serve call that costs
+both sides a few CPU ms, and polling at the rate news must travel cost every replica 4% of a core. A registration or
 removal answers once every live replica has applied its generation: it sleeps until a heartbeat
 reports progress (no polling: a burst of uploads means many waiters). A replica that stops beating
 is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
@@ -72,11 +75,12 @@ class TaskBoard:
         self.store = AdapterStore(config.store_dir)
         # Start from the clock, so a restarted board never hands out a generation seen before.
         self.generation = time.time_ns()
-        self.forget_after_s = max(5.0, 10 * config.sync_interval_s)
+        self.forget_after_s = max(5.0, 5 * config.heartbeat_s)
         self.replicas: dict[str, ReplicaState] = {}
         self.process_metrics: dict[str, tuple[float, str]] = {}  # ingress processes: (seen_at, text)
         self.backbone: BackboneInfo | None = None  # what the replicas serve, from their heartbeats
         self._progress = asyncio.Event()  # set, then replaced, whenever a replica reports news
+        self._announced = asyncio.Event()  # set, then replaced, whenever the generation moves
         self.process_id = f"board-{serve.get_replica_context().replica_id.unique_id}"
         self.registry = CollectorRegistry()
         self.metrics = RegistrationMetrics(self.registry)
@@ -130,23 +134,20 @@ class TaskBoard:
         """The replicas' backbone; right after a start, waits for the first replica to report it."""
         deadline = time.monotonic() + self.config.registration_timeout_s
         while self.backbone is None and time.monotonic() < deadline:
-            await self._news(deadline - time.monotonic())
+            await _set_within(self._progress, deadline - time.monotonic())
         return self.backbone
-
-    async def _news(self, timeout_s: float) -> None:
-        """Sleeps until a heartbeat brings news (a replica joined, applied a generation, named its backbone)."""
-        try:
-            await asyncio.wait_for(self._progress.wait(), max(timeout_s, 0.0))
-        except asyncio.TimeoutError:
-            pass
 
     def announce(self) -> int:
         """The store changed: returns the generation every replica must reach to serve the change."""
         self.generation += 1
+        self._announced.set()  # answers every waiting heartbeat
+        self._announced = asyncio.Event()
         return self.generation
 
     async def heartbeat(self, replica_id: str, applied: int | None, metrics_text: str | None = None,
-                        backbone: BackboneInfo | None = None) -> int:
+                        backbone: BackboneInfo | None = None, wait_s: float = 0.0) -> int:
+        """Records what the replica has applied; answers the generation to reach. A replica already there
+        is answered at the next announcement or after `wait_s`, whichever comes first."""
         state = self.replicas.get(replica_id)
         news = state is None or state.applied != applied or (backbone is not None and self.backbone is None)
         if backbone is not None:
@@ -161,6 +162,9 @@ class TaskBoard:
         state.applied, state.seen_at = applied, time.monotonic()
         if metrics_text is not None:
             state.metrics_text = metrics_text
+        if wait_s > 0 and applied == self.generation:
+            await _set_within(self._announced, wait_s)
+            self.replicas.setdefault(replica_id, state).seen_at = time.monotonic()  # alive all along
         return self.generation
 
     def leave(self, replica_id: str) -> None:
@@ -183,7 +187,7 @@ class TaskBoard:
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 return {"replicas": sorted(live), "pending": pending}
-            await self._news(min(left, self.forget_after_s / 2))  # or wake in time to forget a dead replica
+            await _set_within(self._progress, min(left, self.forget_after_s / 2))  # or in time to forget a dead replica
 
     def status(self) -> dict:
         live = self._live()
@@ -199,3 +203,11 @@ class TaskBoard:
             else:
                 texts[process_id] = text
         return texts
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> None:
+    """Sleeps until `event` is set (a heartbeat brought news, or the generation moved) or `timeout_s` passed."""
+    try:
+        await asyncio.wait_for(event.wait(), max(timeout_s, 0.0))
+    except asyncio.TimeoutError:
+        pass

@@ -61,7 +61,9 @@ class ServeConfig:
     default_top_k: int = 5
     datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
     trainer_num_cpus: float = 0.0  # the training sidecar's CPUs (raise it, or give it a GPU node, to isolate it)
-    sync_interval_s: float = 0.2
+    # A replica's heartbeat to the task board when nothing changes (liveness: one that stops beating for
+    # 5 of them, at least 5 s, is forgotten). News of a change reaches replicas at once either way.
+    heartbeat_s: float = 1.0
     # How many nice levels (0-19) the task board, the process that validates and publishes uploads,
     # drops below the other Ray workers (Ray starts them at 15; 19 is the floor): a burst of uploads
     # yields the cores to serving.
@@ -71,7 +73,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
                     "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes",
-                    "default_top_k", "sync_interval_s", "registration_timeout_s")
+                    "default_top_k", "heartbeat_s", "registration_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")

@@ -17,6 +17,7 @@ from ..runtime.task_ids import BACKBONE_TASK
 from .auth import require_admin
 from .config import ServeConfig
 from .errors import ApiError
+from .heap import freeze_startup_heap
 from .http_errors import add_error_handlers
 from .metrics_push import report_metrics_forever
 from .replica import PredictItem, RowReply
@@ -73,6 +74,7 @@ class Ingress:
         self.known_tasks: set[str] = {BACKBONE_TASK}
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, self.process_id, self.registry))
+        freeze_startup_heap()
 
     # --- inference -------------------------------------------------------------------------
     @app.post("/v1/tasks/{task_id}/predict")

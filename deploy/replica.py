@@ -2,8 +2,8 @@
 
 `@serve.batch` gathers requests of ANY task into one batch (no per-task split), and the runtime runs
 the backbone once for all of them. Replicas never accept uploads (the task board does): a background
-thread keeps the bank equal to the store, sending a heartbeat to the board and re-reading the store
-when the board says something changed.
+thread keeps the bank equal to the store, sending heartbeats to the board (each waits there for the
+next change, see board.py) and re-reading the store when the board says something changed.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from ..runtime.metrics import BatchMetrics, exposition
 from ..runtime.task_ids import BACKBONE_TASK
 from ..runtime.task_runtime import BatchOutcome, SyncReport, TaskRuntime
 from .config import ServeConfig
+from .heap import freeze_startup_heap
 from .task_summary import summarize
 
 log = logging.getLogger(__name__)
-METRICS_EVERY_BEATS = 5
+METRICS_EVERY_S = 1.0  # a heartbeat carries this replica's metrics at most this often
+RETRY_AFTER_S = 0.2  # after a failed heartbeat (a board restarting) or sync
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class TaskReplica:
         self.applied = generation
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        freeze_startup_heap()  # the backbone, torch and Ray are here to stay: no full collection walks them
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="mosaserve-sync", daemon=True)
         self._syncer.start()
@@ -144,22 +147,27 @@ class TaskReplica:
 
     # --- keeping up with the store ---------------------------------------------------------
     def _sync_loop(self) -> None:
-        beats, pause_s = 0, self.config.sync_interval_s
-        while not self._stop.wait(pause_s):
-            beats, pause_s = beats + 1, self.config.sync_interval_s
+        metrics_due = 0.0
+        while not self._stop.is_set():
             try:
-                text = exposition(self.registry) if beats % METRICS_EVERY_BEATS == 1 else None
+                text, now = None, time.monotonic()
+                if now >= metrics_due:
+                    text, metrics_due = exposition(self.registry), now + METRICS_EVERY_S
                 generation = self._beat(self.applied, text)
                 if generation != self.applied:
                     self._record_sync(self.runtime.sync())
+                    # The next beat, at once, tells a waiting PUT that this replica caught up.
                     self.applied = generation
-                    pause_s = 0.0  # beat again at once: a PUT is waiting to hear that this replica caught up
             except Exception:  # noqa: BLE001 - the loop must survive a board restart or a bad file
                 log.exception("store sync failed; retrying")
+                self._stop.wait(RETRY_AFTER_S)
 
     def _beat(self, applied: int | None, metrics_text: str | None) -> int:
-        """From the sync thread (never the event loop): blocks on the board's answer."""
-        return self.board.heartbeat.remote(self.replica_id, applied, metrics_text, self.runtime.info).result(timeout_s=10)
+        """From the sync thread (never the event loop): blocks on the board's answer, which comes at the next
+        change or after `heartbeat_s`."""
+        wait_s = self.config.heartbeat_s
+        return self.board.heartbeat.remote(self.replica_id, applied, metrics_text, self.runtime.info,
+                                           wait_s).result(timeout_s=wait_s + 10)
 
     def _record_sync(self, report: SyncReport) -> None:
         for _, _, seconds in report.loaded:

@@ -118,7 +118,7 @@ def service(ray_cluster, tmp_path_factory) -> Service:
         backbone=BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(root / "backbone.safetensors")),
         store_dir=str(root / "store"), replicas=2, replica_num_cpus=0.5, torch_threads=1, max_batch_size=8,
         batch_wait_timeout_s=0.02, admin_token=TOKEN, max_request_bytes=256 * 1024, max_image_pixels=1_000_000,
-        max_images_per_request=4, max_request_pixels=2_000_000, max_adapter_bytes=1024 * 1024, sync_interval_s=0.1,
+        max_images_per_request=4, max_request_pixels=2_000_000, max_adapter_bytes=1024 * 1024, heartbeat_s=0.5,
         datasets_root=str(root / "datasets"), admin_port=0,
     )
     (root / "datasets").mkdir()

@@ -187,3 +187,26 @@ def test_an_admin_port_in_use_fails_the_board_s_start_with_a_clear_error():
         taken.close()
     again = listen("127.0.0.1", port)  # free again: a restarted board takes its port back at once
     again.close()
+
+
+def test_freezing_the_startup_heap_frees_its_garbage_first_and_hides_the_rest_from_the_collector():
+    import gc
+    import weakref
+
+    from mosaserve.deploy.heap import freeze_startup_heap
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # garbage only a collection frees
+    gone = weakref.ref(cycle)
+    del cycle
+    kept = [Node() for _ in range(1000)]
+    before = gc.get_freeze_count()
+    freeze_startup_heap()
+    try:
+        assert gone() is None  # collected, not frozen for good
+        assert gc.get_freeze_count() >= before + len(kept)  # out of every later full collection's walk
+    finally:
+        gc.unfreeze()  # this test process goes on as before

@@ -103,6 +103,28 @@ def test_both_replicas_serve_a_task_registered_after_start(service):
     assert set(statuses) == {200} and len(served_by) == 2
 
 
+def test_an_up_to_date_replica_s_heartbeat_waits_at_the_board_and_hears_of_a_change_at_once(service):
+    from ray import serve
+
+    board = serve.get_deployment_handle("TaskBoard", APP)
+    generation = board.status.remote().result(timeout_s=30)["generation"]
+    waiting = board.heartbeat.remote("probe-replica", generation, None, None, 60.0)  # a long poll of up to 60 s
+    with pytest.raises(TimeoutError):
+        waiting.result(timeout_s=1.0)  # nothing changed: no answer yet
+    replies = []
+    upload = threading.Thread(target=lambda: replies.append(service.put("heard", service.adapter(seed=60)[0])))
+    upload.start()
+    try:
+        announced = waiting.result(timeout_s=30)  # answered at the announcement, long before its 60 s
+        assert announced > generation
+        board.heartbeat.remote("probe-replica", announced).result(timeout_s=30)  # caught up: the PUT may answer
+        upload.join(timeout=60)
+    finally:
+        board.leave.remote("probe-replica").result(timeout_s=30)
+    assert replies[0].status_code == 201 and replies[0].json()["servable_everywhere"]
+    assert replies[0].json()["replicas"] == 3  # it waited for the probe as for the two serving replicas
+
+
 def processes_of(name_part: str) -> list:
     import psutil
 
