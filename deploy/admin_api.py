@@ -3,8 +3,9 @@
 An upload sent to the main port passes Serve's HTTP proxy and the ingress, the processes that carry
 every prediction, at their priority: about 19-21 CPU ms per upload (proxy 8.6-9.5, ingress 10.6-11.9)
 on top of the board's own work (BENCHMARKS.md). Sent here, it reaches the board directly, whose
-threads run at `board_nice`, so a burst of registrations costs serving only the replicas' reload. The same split as TorchServe's
-management port, and it lets an operator expose inference while keeping this port internal.
+threads run at `board_nice`, so a burst of registrations costs serving only the replicas' reload.
+The same split as TorchServe's management port, and it lets an operator expose inference while
+keeping this port internal.
 """
 
 from __future__ import annotations

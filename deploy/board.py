@@ -11,10 +11,10 @@ Replicas send heartbeats carrying the generation they have applied and their met
 board's generation is newer they re-read the store. A replica that is up to date waits inside its
 heartbeat call (a long poll, at most `heartbeat_s`) until the next announcement, so news reaches it
 at once while an idle replica beats once per `heartbeat_s`: each beat is a Serve call that costs
-both sides a few CPU ms, and polling at the rate news must travel cost every replica 4% of a core. A registration or
-removal answers once every live replica has applied its generation: it sleeps until a heartbeat
-reports progress (no polling: a burst of uploads means many waiters). A replica that stops beating
-is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
+both sides a few CPU ms, and polling at the rate news must travel cost every replica 4% of a core.
+A registration or removal answers once every live replica has applied its generation: it sleeps
+until a heartbeat reports progress (no polling: a burst of uploads means many waiters). A replica
+that stops beating is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
 
 Uploads reach the board through the ingress (the main port) or straight from a client on its own
 admin port (`admin_api.py`), which keeps them off the processes that serve predictions.
