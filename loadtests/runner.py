@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..deploy.heap import heap_frozen
 from .schedule import Arrival
 
 MODEL_ID_HEADER = "serve_multiplexed_model_id"  # Ray Serve routes multiplexed deployments by it
@@ -85,7 +86,8 @@ def run_load(target: Target, arrivals: list[Arrival], image: bytes, registration
     if not allow_remote:
         for url in filter(None, (target.url, target.admin_url)):
             require_loopback(url)
-    return asyncio.run(_run(target, arrivals, image, list(registrations), admin_token))
+    with heap_frozen():  # a full collection in this process would stall the sending and show as latency
+        return asyncio.run(_run(target, arrivals, image, list(registrations), admin_token))
 
 
 async def _run(target, arrivals, image, registrations, admin_token) -> LoadResult:

@@ -210,3 +210,31 @@ def test_freezing_the_startup_heap_frees_its_garbage_first_and_hides_the_rest_fr
         assert gc.get_freeze_count() >= before + len(kept)  # out of every later full collection's walk
     finally:
         gc.unfreeze()  # this test process goes on as before
+
+
+def test_a_heap_frozen_for_a_measurement_is_released_after_it_unless_the_process_froze_it_itself():
+    import gc
+    import weakref
+
+    from mosaserve.deploy.heap import heap_frozen
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle
+    dropped = weakref.ref(cycle)
+    del cycle  # garbage from before the measurement
+    with heap_frozen():
+        gc.collect()
+        assert dropped() is not None  # out of sight: no collection during the measurement walks it
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert dropped() is None  # the first collection after frees it
+    gc.freeze()  # a process that froze its start-up heap, as replicas do
+    try:
+        with heap_frozen():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

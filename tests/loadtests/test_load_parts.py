@@ -3,6 +3,7 @@ against a real (deliberately slow) HTTP server."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -127,11 +128,16 @@ def test_latency_plot_is_a_png_of_the_planned_size(tmp_path):
 
 
 class SlowSerialHandler(BaseHTTPRequestHandler):
-    """Answers one request at a time, each after 0.1 s: a server with a capacity of 10 requests/s."""
+    """Answers one request at a time, each after 0.1 s: a server with a capacity of 10 requests/s. It runs in
+    the test's process, so it also notes what the garbage collector of the load generator's process sees."""
+
+    frozen_counts: list[int] = []
 
     def do_POST(self):  # noqa: N802 - the http.server API
+        import gc
         import time
 
+        self.frozen_counts.append(gc.get_freeze_count())
         self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(0.1)
         body = b'{"ok": true}'
@@ -160,6 +166,9 @@ def test_open_loop_latency_counts_the_queue_a_slow_server_builds():
     # before it, at about 2.0 s, though each took 0.1 s to serve. A closed loop would report 0.1 s.
     assert latencies[0] < 0.5 and latencies[-1] > 0.9
     assert result.wall_s > 1.9 and max(result.lag_s) < 0.2  # the generator itself kept to the schedule
+    # During the run the generator's heap (torch, Ray, the test's own objects) was out of the collector's
+    # sight, so no full collection could stall the sending; after it the heap is as it was.
+    assert min(SlowSerialHandler.frozen_counts) > 10_000 and gc.get_freeze_count() == 0
 
 
 def test_load_targets_loopback_unless_told_otherwise():
