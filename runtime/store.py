@@ -74,11 +74,10 @@ class AdapterStore:
     def _refresh(self, holding_flock: bool = False) -> None:
         path = self.root / MANIFEST
         try:
-            st = path.stat()
+            stamp = _stamp(path)
         except FileNotFoundError:
             self._seen, self._entries = None, {}
             return
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._seen:
             return
         try:
@@ -125,7 +124,9 @@ class AdapterStore:
 
     def _write_manifest(self, entries: dict[str, StoreEntry]) -> None:
         doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())}}
-        write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
+        path = write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
+        # Callers hold the flock and keep `entries` as what they wrote: no need to read it back.
+        self._seen = _stamp(path)
 
     def entries(self) -> dict[str, StoreEntry]:
         """The live entries, as of the manifest on disk now (other processes may publish too)."""
@@ -185,6 +186,12 @@ class AdapterStore:
             for path in stray:
                 path.unlink(missing_ok=True)
             return stray
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime_ns, size): the manifest is only ever replaced by a new file, never written in place."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _is_task_id(name: str) -> bool:

@@ -116,6 +116,21 @@ def test_store_publishes_versions_and_survives_reopen(tmp_path):
     assert AdapterStore(tmp_path).entries() == {}
 
 
+def test_a_writer_never_rereads_its_own_manifest_but_sees_every_other_writers(tmp_path, monkeypatch):
+    reads = []
+    real_read = AdapterStore._read_manifest
+    monkeypatch.setattr(AdapterStore, "_read_manifest", staticmethod(lambda path: reads.append(path) or real_read(path)))
+    board, other = AdapterStore(tmp_path), AdapterStore(tmp_path)
+    for i in range(5):
+        board.publish(f"t{i}", b"x")
+    board.remove("t0")
+    assert reads == [] and set(board.entries()) == {"t1", "t2", "t3", "t4"}  # a board publishes in O(1) reads
+    other.publish("dogs", b"y")  # another process's writer: re-read before writing, as it must
+    assert len(reads) == 1 and set(board.entries()) == {"t1", "t2", "t3", "t4", "dogs"} and len(reads) == 2
+    board.publish("t1", b"z")
+    assert board.entries()["t1"].version == 2 and set(AdapterStore(tmp_path).entries()) == set(board.entries())
+
+
 def test_publishing_the_live_versions_bytes_again_changes_nothing(tmp_path):
     store = AdapterStore(tmp_path)
     first = store.publish("cats", b"one")
