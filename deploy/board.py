@@ -12,6 +12,8 @@ board's generation is newer they re-read the store. A replica that is up to date
 heartbeat call (a long poll, at most `heartbeat_s`) until the next announcement, so news reaches it
 at once while an idle replica beats once per `heartbeat_s`: each beat is a Serve call that costs
 both sides a few CPU ms, and polling at the rate news must travel cost every replica 4% of a core.
+For the same reason answers to one replica come at least `sync_coalesce_s` apart: an isolated change
+still reaches it at once, a burst of them in a few passes instead of one per upload.
 A registration or removal answers once every live replica has applied its generation: it sleeps
 until a heartbeat reports progress (no polling: a burst of uploads means many waiters). A replica
 that stops beating is forgotten after `forget_after_s`, so a dead one never blocks a PUT.
@@ -64,6 +66,7 @@ class ReplicaState:
     applied: int | None  # None until the replica's first sync
     seen_at: float
     metrics_text: str = ""
+    answered_at: float = float("-inf")  # when its last long poll was answered
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)  # actor options (no CPU reserved): app.py
@@ -162,10 +165,20 @@ class TaskBoard:
         state.applied, state.seen_at = applied, time.monotonic()
         if metrics_text is not None:
             state.metrics_text = metrics_text
-        if wait_s > 0 and applied == self.generation:
-            await _set_within(self._announced, wait_s)
-            self.replicas.setdefault(replica_id, state).seen_at = time.monotonic()  # alive all along
+        if wait_s > 0:
+            await self._hold(state, wait_s)
+            state.seen_at = state.answered_at = time.monotonic()  # alive all along
+            self.replicas.setdefault(replica_id, state)
         return self.generation
+
+    async def _hold(self, state: ReplicaState, wait_s: float) -> None:
+        """A replica's long poll: until there is news for it, then until `sync_coalesce_s` has passed since
+        its last answer, so that the changes of a burst reach it together."""
+        if state.applied == self.generation:
+            await _set_within(self._announced, wait_s)
+        since = time.monotonic() - state.answered_at
+        if since < self.config.sync_coalesce_s:
+            await asyncio.sleep(self.config.sync_coalesce_s - since)
 
     def leave(self, replica_id: str) -> None:
         self.replicas.pop(replica_id, None)

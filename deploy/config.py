@@ -64,6 +64,10 @@ class ServeConfig:
     # A replica's heartbeat to the task board when nothing changes (liveness: one that stops beating for
     # 5 of them, at least 5 s, is forgotten). News of a change reaches replicas at once either way.
     heartbeat_s: float = 1.0
+    # The least time between two store re-reads of a replica: an isolated change reaches it at once, a
+    # burst of them in few passes (each pass costs the replica a Serve call and a manifest read, on the
+    # cores that serve), which delays a registration in a burst by up to this long. 0: one pass each.
+    sync_coalesce_s: float = 0.25
     # How many nice levels (0-19) the task board, the process that validates and publishes uploads,
     # drops below the other Ray workers (Ray starts them at 15; 19 is the floor): a burst of uploads
     # yields the cores to serving.
@@ -82,8 +86,9 @@ class ServeConfig:
         self._check_admin_address()
         if self.max_host is not None and self.max_host <= 0:
             raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
-        if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus) < 0:
-            raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus and trainer_num_cpus must not be negative")
+        if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus, self.sync_coalesce_s) < 0:
+            raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus, trainer_num_cpus and sync_coalesce_s must "
+                                   "not be negative")
         self._check_jobs_dir()
         try:
             self.runtime_config()  # device, dtype and strategy, checked where the runtime defines them

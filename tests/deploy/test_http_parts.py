@@ -158,6 +158,9 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     for port in (-1, 65536, "8001", True, 1.5):
         with pytest.raises(ServeConfigError, match="admin_port must be a port number"):
             ServeConfig.from_dict({"admin_port": port})
+    with pytest.raises(ServeConfigError, match="sync_coalesce_s must not be negative"):
+        ServeConfig.from_dict({"sync_coalesce_s": -0.1})
+    assert ServeConfig(sync_coalesce_s=0).sync_coalesce_s == 0  # one store pass per change
     with pytest.raises(ServeConfigError, match="admin_host must be"):
         ServeConfig.from_dict({"admin_host": " "})
     assert ServeConfig().admin_port is None and ServeConfig(admin_port=0).admin_port == 0

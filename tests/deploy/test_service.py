@@ -125,6 +125,41 @@ def test_an_up_to_date_replica_s_heartbeat_waits_at_the_board_and_hears_of_a_cha
     assert replies[0].json()["replicas"] == 3  # it waited for the probe as for the two serving replicas
 
 
+def test_a_burst_of_changes_reaches_a_replica_in_passes_at_least_sync_coalesce_s_apart(service):
+    import gc
+
+    from ray import serve
+
+    board, window = serve.get_deployment_handle("TaskBoard", APP), service.config.sync_coalesce_s
+    assert window > 0
+    generation = board.status.remote().result(timeout_s=30)["generation"]
+    replies, answers = [], []
+
+    def upload(task: str, seed: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: replies.append(service.put(task, service.adapter(seed=seed)[0])))
+        thread.start()
+        return thread
+
+    gc.disable()  # no pause of this process between an answer and its reading
+    try:
+        waiting = board.heartbeat.remote("probe-replica", generation, None, None, 60.0)
+        first = upload("burst-a", 61)
+        answers.append((waiting.result(timeout_s=30), time.monotonic()))  # isolated news: at once
+        # Caught up, and at once the next change of the burst: the answer waits for the window to pass.
+        waiting = board.heartbeat.remote("probe-replica", answers[0][0], None, None, 60.0)
+        first.join(timeout=60)
+        second = upload("burst-b", 62)
+        answers.append((waiting.result(timeout_s=30), time.monotonic()))
+        board.heartbeat.remote("probe-replica", answers[1][0]).result(timeout_s=30)
+        second.join(timeout=60)
+    finally:
+        gc.enable()
+        board.leave.remote("probe-replica").result(timeout_s=30)
+    assert answers[1][0] > answers[0][0] > generation
+    assert answers[1][1] - answers[0][1] >= window - 0.05  # the board held it (the 0.05: delivery of the first)
+    assert [r.status_code for r in replies] == [201, 201] and all(r.json()["servable_everywhere"] for r in replies)
+
+
 def processes_of(name_part: str) -> list:
     import psutil
 
