@@ -134,7 +134,6 @@ class SlowSerialHandler(BaseHTTPRequestHandler):
     frozen_counts: list[int] = []
 
     def do_POST(self):  # noqa: N802 - the http.server API
-        import gc
         import time
 
         self.frozen_counts.append(gc.get_freeze_count())
