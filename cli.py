@@ -148,11 +148,16 @@ def _loadtest_compare(args: argparse.Namespace) -> int:
     from .adapters.backbone import BackboneSpec
     from .deploy.side_by_side import CompareSpec, run_compare
 
-    spec = CompareSpec(backbone=BackboneSpec(args.backbone), task_counts=_numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
-                       rates=_numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
-                       max_models=_numbers(args.max_models, int), registrations=args.registrations,
-                       registration_rounds=args.registration_rounds, image_size=args.image_size,
-                       port=args.port)
+    try:
+        spec = CompareSpec(backbone=BackboneSpec(args.backbone), device=args.device, dtype=args.dtype,
+                           task_counts=_numbers(args.tasks, int), mixes=tuple(args.mixes.split(",")),
+                           rates=_numbers(args.rates), duration_s=args.duration, slo_ms=args.slo_ms,
+                           max_models=_numbers(args.max_models, int), registrations=args.registrations,
+                           registration_rounds=args.registration_rounds, image_size=args.image_size,
+                           port=args.port)
+    except ValueError as exc:
+        print(f"loadtest compare: {exc}", file=sys.stderr)
+        return 2
     doc = run_compare(spec, Path(args.out))
     print(doc["summary"])
     print(f"\nwritten: {Path(args.out) / 'compare.json'} (and a report with plots per run beside it)")
@@ -169,6 +174,9 @@ def _add_loadtest(sub) -> None:
     run.set_defaults(func=_loadtest_run)
     compare = kinds.add_parser("compare", help="bare backbone vs mosaserve vs per-task models, in one local run")
     compare.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT (random weights)")
+    compare.add_argument("--device", default="cpu", help="where every system computes: cpu, cuda, cuda:1")
+    compare.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                         help="every system's precision (bfloat16 on a GPU, or a CPU with AMX)")
     compare.add_argument("--tasks", default="10,100", help="task counts")
     compare.add_argument("--mixes", default="uniform,zipf")
     compare.add_argument("--rates", default="4,6,8,10,12,14,16,20,24", help="swept request rates")

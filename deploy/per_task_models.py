@@ -1,7 +1,7 @@
 """The baseline a Ray Serve user would build without mosaserve: one full model per task, multiplexed.
 
-Each task is a whole adapted ViT (a copy of the backbone with the task's adapter and head), loaded
-from the same store by `@serve.multiplexed` (LRU over `max_models` per replica; Serve routes a
+Each task is a whole adapted ViT (a copy of the backbone with the task's adapter and head, moved to
+mosaserve's device and dtype), loaded from the same store by `@serve.multiplexed` (LRU over `max_models` per replica; Serve routes a
 request to a replica holding its model by the `serve_multiplexed_model_id` header). Batching uses
 the same settings as mosaserve's replicas, but Serve splits each batch by model id, so rows of
 different tasks never share a forward pass. Used by the side-by-side load test only.
@@ -23,6 +23,7 @@ from ..adapters.file_format import load_adapter
 from ..adapters.images import BadImageError, decode_image
 from ..adapters.loading import build_adapted_model
 from ..adapters.preprocess import Preprocessor
+from ..runtime.device import parse_device, serving_dtype
 from ..runtime.store import AdapterStore
 from .config import ServeConfig
 
@@ -31,9 +32,10 @@ app = FastAPI(title="per-task models (baseline)")
 
 def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
     """`max_models` per replica; -1 keeps every task's model (memory grows with the task count)."""
+    device, dtype = parse_device(config.device), serving_dtype(config.dtype)
 
     @serve.deployment(name="PerTaskModels", num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-                      ray_actor_options={"num_cpus": config.replica_num_cpus})
+                      ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": int(device.type == "cuda")})
     @serve.ingress(app)
     class PerTaskModels:
         def __init__(self) -> None:
@@ -53,8 +55,10 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
             if entry is None:
                 raise KeyError(task_id)
             adapter = load_adapter(self.store.path_of(entry), self.info.fingerprint)
+            # Built on the host from the float32 backbone (the adapter's fingerprint is of those weights), then
+            # moved: the load a user of this design pays on every miss.
             model = build_adapted_model(copy.deepcopy(self.backbone), self.info, adapter).eval()
-            return model, adapter.header.labels
+            return model.to(device, dtype), adapter.header.labels
 
         @app.post("/v1/tasks/{task_id}/predict")
         async def predict(self, task_id: str, request: Request) -> dict:
@@ -83,7 +87,7 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
         def _forward(self, model, labels, images: list[torch.Tensor]) -> list[tuple[str, float]]:
             with torch.inference_mode():
                 batch = torch.cat([self.preprocess(image) for image in images])  # sizes may differ before resizing
-                probs = torch.softmax(model(batch).float(), dim=-1)
+                probs = torch.softmax(model(batch.to(device, dtype)).float(), dim=-1)
             best, index = probs.max(dim=-1)
             return [(labels[i], round(p, 6)) for p, i in zip(best.tolist(), index.tolist())]
 

@@ -25,7 +25,7 @@ from ..adapters.config import AdapterConfig
 from ..adapters.file_format import AdapterFile, AdapterHeader
 from ..adapters.model import AdaptedViT
 from .bank import AdapterBank
-from .device import parse_device, serving_dtype
+from .device import local_device, serving_dtype
 from .executor import MixedTaskExecutor
 
 
@@ -241,16 +241,9 @@ def machine_description() -> str:
     return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} cpus"
 
 
-def bench_device(name: str) -> torch.device:
-    device = parse_device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine")
-    return device
-
-
 def run_benchmark(models: list[str], batch: int, repeats: int, r: int, num_tasks: int, out: Path,
                   device: str = "cpu", dtype: str = "float32") -> list[dict]:
-    target, precision = bench_device(device), serving_dtype(dtype)
+    target, precision = local_device(device), serving_dtype(dtype)
     rows = [row for name in models
             for row in bench_model(BackboneSpec(name), batch, repeats, r, num_tasks, target, precision)]
     out.parent.mkdir(parents=True, exist_ok=True)

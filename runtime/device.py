@@ -16,6 +16,14 @@ def parse_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {exc}") from exc
 
 
+def local_device(name: str) -> torch.device:
+    """A device of this machine, for runs that start here (benchmarks, the local comparison)."""
+    device = parse_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine")
+    return device
+
+
 def serving_dtype(name: str) -> torch.dtype:
     if name not in SERVING_DTYPES:
         raise ValueError(f"dtype must be one of {SERVING_DTYPES}, got {name!r}")

@@ -82,3 +82,14 @@ def test_bench_runtime_in_bfloat16_and_on_a_device_it_cannot_use(tmp_path):
     if not torch.cuda.is_available():
         absent = run_cli("bench", "runtime", "--device", "cuda", "--out", str(tmp_path / "y.json"))
         assert absent.returncode == 2 and "sees no CUDA device" in absent.stderr
+
+
+def test_loadtest_compare_refuses_a_precision_or_device_it_cannot_run_before_starting_anything(tmp_path):
+    integer = run_cli("loadtest", "compare", "--dtype", "int8", "--out", str(tmp_path / "a"))
+    assert integer.returncode == 2 and "invalid choice: 'int8'" in integer.stderr
+    unknown = run_cli("loadtest", "compare", "--device", "toaster", "--out", str(tmp_path / "b"))
+    assert unknown.returncode == 2 and "unknown device 'toaster'" in unknown.stderr
+    if not torch.cuda.is_available():
+        absent = run_cli("loadtest", "compare", "--device", "cuda", "--dtype", "bfloat16", "--out", str(tmp_path / "c"))
+        assert absent.returncode == 2 and "sees no CUDA device" in absent.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

@@ -4,6 +4,7 @@ per-task-model baseline answering the same as mosaserve."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import requests
 
@@ -65,23 +66,36 @@ def test_per_task_model_baseline_answers_as_mosaserve_does(service):
     from ray import serve
 
     assert service.put("same", service.adapter(seed=500, classes=4)[0]).status_code in (200, 201)
+    image = noise_png(20, seed=1)
+    ours = service.predict("same", image, top_k=4).json()["predictions"][0]["top_k"]
     serve.run(per_task_models_app(service.config, max_models=2), name="baseline", route_prefix="/baseline")
     try:
-        image = noise_png(20, seed=1)
-        ours = service.predict("same", image, top_k=1).json()["predictions"][0]["top_k"][0]
         url = f"{service.url}/baseline/v1/tasks/same/predict"
-        theirs = requests.post(url, data=image, headers={"Content-Type": "image/png", MODEL_ID_HEADER: "same"},
-                               timeout=60)
-        assert theirs.status_code == 200, theirs.text
-        answer = theirs.json()["predictions"][0]["top_k"][0]
-        assert answer["label"] == ours["label"] and abs(answer["probability"] - ours["probability"]) < 1e-4
+        answer = _baseline_answer(url, image)
+        assert answer["label"] == ours[0]["label"] and abs(answer["probability"] - ours[0]["probability"]) < 1e-4
         missing = requests.post(url.replace("same", "nope"), data=image,
                                 headers={"Content-Type": "image/png", MODEL_ID_HEADER: "nope"}, timeout=60)
         assert missing.status_code == 404
         assert requests.post(url, data=image, timeout=60).status_code == 400  # no multiplexing header
     finally:
         serve.delete("baseline")
+    # In mosaserve's dtype, so that a bfloat16 comparison times bfloat16 models on both sides.
+    serve.run(per_task_models_app(replace(service.config, dtype="bfloat16"), max_models=2), name="baseline",
+              route_prefix="/baseline")
+    try:
+        answer = _baseline_answer(url, image)
+        assert ours[0]["probability"] - ours[1]["probability"] > 0.05  # a clear winner, whatever the rounding
+        assert answer["label"] == ours[0]["label"]
+        # bfloat16 keeps 8 bits of mantissa: near, not equal (equal would mean it still ran in float32).
+        assert 0 < abs(answer["probability"] - ours[0]["probability"]) < 0.02
+    finally:
+        serve.delete("baseline")
 
+
+def _baseline_answer(url: str, image: bytes) -> dict:
+    response = requests.post(url, data=image, headers={"Content-Type": "image/png", MODEL_ID_HEADER: "same"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"][0]["top_k"][0]
 
 
 def test_soak_reports_latency_windows_and_the_memory_of_every_process(service, tmp_path):
