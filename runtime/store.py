@@ -7,13 +7,18 @@ was acknowledged at its acknowledged version. Files no manifest names are garbag
 and are ignored (and removed by `collect_garbage`).
 
 Several processes (the replicas of a served application) may share one store: writers take an
-exclusive `flock` on `.lock`, and readers re-read the manifest whenever it was replaced.
+exclusive `flock` on `.lock`, and readers re-read the manifest whenever its bytes changed.
+
+A task's versions count up and are never handed out twice, across removals too (the manifest keeps a
+removed task's last version): a replica that missed a removal and a re-registration must still see
+that the version it holds is not the one the store names.
 
 A manifest that cannot be read (torn by storage that lost the fsync'd bytes, or edited by hand) is
 moved aside and rebuilt from the files: the newest complete version of each task. Files only
 appear under their final name once complete, so each is whole; the limit is that a task removed
 just before the damage, whose file was not yet deleted, comes back, and a version written but
-never committed by the manifest may be chosen over the committed one.
+never committed by the manifest may be chosen over the committed one. A rebuilt manifest no longer
+knows the last versions of removed tasks, so one registered again starts over at 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -50,8 +56,11 @@ class AdapterStore:
         self.root = Path(root)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the manifest read last
+        # The manifest's bytes as last read or written: the same bytes need no parse (a few KB to compare,
+        # where inode, size and a coarse mtime can repeat for two different manifests).
+        self._seen: bytes | None = None
         self._entries: dict[str, StoreEntry] = {}
+        self._retired: dict[str, int] = {}  # removed tasks' last versions
         self._refresh()
 
     @contextmanager
@@ -74,35 +83,35 @@ class AdapterStore:
     def _refresh(self, holding_flock: bool = False) -> None:
         path = self.root / MANIFEST
         try:
-            stamp = _stamp(path)
+            raw = path.read_bytes()
         except FileNotFoundError:
-            self._seen, self._entries = None, {}
+            self._seen, self._entries, self._retired = None, {}, {}
             return
-        if stamp == self._seen:
+        if raw == self._seen:
             return
         try:
-            self._entries, self._seen = self._read_manifest(path), stamp
+            (self._entries, self._retired), self._seen = self._read_manifest(raw, path), raw
         except StoreError as exc:
             if holding_flock:
-                self._entries = self._recover(exc)
+                self._recover(exc)
             else:
                 with self._flocked():
-                    self._entries = self._recover(exc)
-            self._refresh(holding_flock)  # stamp the rebuilt manifest
+                    self._recover(exc)
+            self._refresh(holding_flock)  # read what was rebuilt (here or by another process meanwhile)
 
-    def _recover(self, error: StoreError) -> dict[str, StoreEntry]:
+    def _recover(self, error: StoreError) -> None:
         path = self.root / MANIFEST
         try:
-            return self._read_manifest(path)  # another process rebuilt it while we waited for the lock
+            self._read_manifest(path.read_bytes(), path)
+            return  # another process rebuilt it while we waited for the lock
         except StoreError:
             pass
         entries = self._entries_from_files()
         aside = path.with_name(f"{MANIFEST}.unreadable-{time.time_ns()}")
-        os.replace(path, aside)
-        self._write_manifest(entries)
-        log.error("%s; moved it to %s and rebuilt it from the files: %s", error, aside.name,
+        shutil.copyfile(path, aside)  # a copy, then a replace: readers never find the manifest missing
+        self._write_manifest(entries, {})
+        log.error("%s; copied it to %s and rebuilt it from the files: %s", error, aside.name,
                   {t: e.version for t, e in sorted(entries.items())})
-        return entries
 
     def _entries_from_files(self) -> dict[str, StoreEntry]:
         entries = {}
@@ -114,19 +123,23 @@ class AdapterStore:
         return entries
 
     @staticmethod
-    def _read_manifest(path: Path) -> dict[str, StoreEntry]:
+    def _read_manifest(raw: bytes, path: Path) -> tuple[dict[str, StoreEntry], dict[str, int]]:
+        """(live entries, removed tasks' last versions); manifests written before the second have none."""
         try:
-            raw = json.loads(path.read_text())
-            entries = {t: StoreEntry(validate_task_id(t), int(e["version"]), str(e["file"])) for t, e in raw["tasks"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
+            doc = json.loads(raw)
+            entries = {t: StoreEntry(validate_task_id(t), int(e["version"]), str(e["file"])) for t, e in doc["tasks"].items()}
+            retired = {validate_task_id(t): int(v) for t, v in doc.get("retired", {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise StoreError(f"store manifest {path} is unreadable: {exc}") from exc
-        return entries
+        return entries, retired
 
-    def _write_manifest(self, entries: dict[str, StoreEntry]) -> None:
-        doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())}}
-        path = write_atomically(self.root / MANIFEST, json.dumps(doc, indent=1).encode())
-        # Callers hold the flock and keep `entries` as what they wrote: no need to read it back.
-        self._seen = _stamp(path)
+    def _write_manifest(self, entries: dict[str, StoreEntry], retired: dict[str, int]) -> None:
+        doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())},
+               "retired": dict(sorted(retired.items()))}
+        data = json.dumps(doc, indent=1).encode()
+        write_atomically(self.root / MANIFEST, data)
+        # Callers hold the flock and keep what they wrote as theirs: no need to read it back.
+        self._entries, self._retired, self._seen = entries, retired, data
 
     def entries(self) -> dict[str, StoreEntry]:
         """The live entries, as of the manifest on disk now (other processes may publish too)."""
@@ -150,12 +163,11 @@ class AdapterStore:
             previous = self._entries.get(task_id)
             if previous is not None and self._holds(previous, data):
                 return previous, previous
-            version = previous.version + 1 if previous else 1
+            version = max(previous.version if previous else 0, self._retired.get(task_id, 0)) + 1
             entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
             write_atomically(self.root / entry.file, data)
-            entries = {**self._entries, task_id: entry}
-            self._write_manifest(entries)  # the commit point
-            self._entries = entries
+            retired = {t: v for t, v in self._retired.items() if t != task_id}
+            self._write_manifest({**self._entries, task_id: entry}, retired)  # the commit point
             if previous is not None:
                 self.path_of(previous).unlink(missing_ok=True)
             return previous, entry
@@ -173,8 +185,7 @@ class AdapterStore:
             if previous is None:
                 return None
             entries = {t: e for t, e in self._entries.items() if t != task_id}
-            self._write_manifest(entries)
-            self._entries = entries
+            self._write_manifest(entries, {**self._retired, task_id: previous.version})
             self.path_of(previous).unlink(missing_ok=True)
             return previous
 
@@ -186,12 +197,6 @@ class AdapterStore:
             for path in stray:
                 path.unlink(missing_ok=True)
             return stray
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """(inode, mtime_ns, size): the manifest is only ever replaced by a new file, never written in place."""
-    st = path.stat()
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _is_task_id(name: str) -> bool:
