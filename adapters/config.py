@@ -9,6 +9,14 @@ from typing import Any
 from .errors import AdapterConfigError
 from .mosa import SHARE_MODES
 
+
+def is_finite_number(value: float | int) -> bool:
+    """math.isfinite that says False, not OverflowError, for an integer too large for a float (JSON has them)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
 METHODS = ("mosa", "adapter", "lora", "linear")
 
 # What a merged adapter of each method looks like at inference: MoSA merges into a standard
@@ -46,7 +54,7 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         for name in ("scale", "dropout", "consistency_weight", "lora_alpha"):
             # NaN passes every range check below and makes every prediction NaN; JSON headers can carry it.
-            if not math.isfinite(getattr(self, name)):
+            if not is_finite_number(getattr(self, name)):
                 raise AdapterConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise AdapterConfigError(f"method must be one of {METHODS}, got {self.method!r}")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .atomic_write import write_atomically
 from .backbone import BackboneInfo
-from .config import AdapterConfig
+from .config import AdapterConfig, is_finite_number
 from .errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 
 FORMAT_NAME = "mosaserve-adapter"
@@ -181,7 +181,7 @@ def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
         )
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, an integer of 4,300+ digits, nested too deep
         raise AdapterFileError(f"not a safetensors file: header is not JSON ({exc})") from exc
     metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -193,7 +193,7 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
     """Parses and validates the JSON header; returns it with the recorded content digest."""
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # as for the safetensors header
         raise AdapterFileError(f"adapter header is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise AdapterFileError("adapter header must be a JSON object")
@@ -222,6 +222,10 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
         adapter.resolve_blocks(header.backbone.depth)
     except AdapterConfigError as exc:
         raise AdapterFileError(str(exc)) from exc
+    if adapter.r > header.backbone.num_features:
+        # A wider bottleneck adds nothing a full-rank one cannot, and a mixed batch pads every row's
+        # adapter to the widest r in it: one huge r would make every batch it joins that large.
+        raise AdapterFileError(f"r = {adapter.r} is wider than the backbone ({header.backbone.num_features} features)")
     return header, digest
 
 
@@ -238,7 +242,7 @@ def _is_hex_digest(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite_number(value)
 
 
 def _parse_backbone(raw: Any) -> BackboneInfo:

@@ -92,7 +92,8 @@ def test_nan_tensor_is_refused_on_write_and_on_read(tiny_backbone):
 
 
 @pytest.mark.parametrize("field, value", [("scale", float("nan")), ("scale", float("inf")),
-                                          ("lora_alpha", float("-inf")), ("consistency_weight", float("nan"))])
+                                          ("lora_alpha", float("-inf")), ("consistency_weight", float("nan")),
+                                          ("scale", 10**400)])  # an integer no float can hold
 def test_non_finite_hyper_parameters_are_refused(tiny_backbone, field, value):
     """A NaN scale passes every range check and turns every prediction into NaN."""
     with pytest.raises(AdapterConfigError, match=f"{field} must be a finite number"):
@@ -160,6 +161,24 @@ def test_wrong_dtype_and_class_count_are_refused(tiny_backbone):
         load_adapter(craft(raw, tensors))
 
 
+def test_numbers_past_what_a_float_or_the_json_reader_holds_are_refused_not_crashed_on(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["backbone"]["mean"][0] = 10**400
+    with pytest.raises(AdapterFileError, match="backbone mean must be 3 finite numbers"):
+        load_adapter(craft(raw, tensors))
+    raw, tensors = valid_parts(tiny_backbone)
+    text = json.dumps(raw).replace('"dataset": "unit"', '"dataset": ' + "1" * 5000)
+    with pytest.raises(AdapterFileError, match="adapter header is not valid JSON"):
+        load_adapter(safetensors_save(tensors, metadata={METADATA_KEY: text}))
+
+
+def test_a_bottleneck_wider_than_the_backbone_is_refused(tiny_backbone):
+    raw, tensors = valid_parts(tiny_backbone)
+    raw["adapter"]["r"] = 33  # the tiny ViT has 32 features
+    with pytest.raises(AdapterFileError, match="r = 33 is wider than the backbone \\(32 features\\)"):
+        load_adapter(craft(raw, tensors))
+
+
 def test_bad_hyper_parameters_in_the_header_are_refused(tiny_backbone):
     raw, tensors = valid_parts(tiny_backbone)
     raw["adapter"]["share"] = "sideways"
@@ -190,6 +209,9 @@ def test_a_pickle_is_refused_and_never_executed(tmp_path):
         (b"", "shorter than the 8-byte header"),
         (struct.pack("<Q", 2**40) + b"{}", "header length field"),
         (struct.pack("<Q", 4) + b"nope", "header is not JSON"),
+        # Past what Python's JSON reader takes: an integer of 5,000 digits, arrays nested 100,000 deep.
+        (struct.pack("<Q", 5008) + b'{"x": ' + b"1" * 5000 + b"}", "header is not JSON"),
+        (struct.pack("<Q", 100_000) + b"[" * 100_000, "header is not JSON"),
     ],
 )
 def test_malformed_bytes_are_refused(data, message):
