@@ -20,10 +20,10 @@ from ray import serve
 from torch import Tensor
 
 from ..runtime.answers import Answer
-from ..runtime.errors import UnknownTaskError
+from ..runtime.errors import NonFiniteOutputError, UnknownTaskError
 from ..runtime.metrics import BatchMetrics, exposition
 from ..runtime.task_ids import BACKBONE_TASK
-from ..runtime.task_runtime import BatchOutcome, SyncReport, TaskRuntime
+from ..runtime.task_runtime import BatchOutcome, RowError, SyncReport, TaskRuntime
 from .config import ServeConfig
 from .heap import freeze_startup_heap
 from .task_summary import summarize
@@ -104,10 +104,12 @@ class TaskReplica:
             return RowReply(None, f"inference failed: {type(exc).__name__}", 500, 0.0, 1, self.replica_id)
         return self._reply(item, outcome.answers[0], started, 1)
 
-    def _reply(self, item: PredictItem, answer: Answer | UnknownTaskError, started: float, size: int) -> RowReply:
+    def _reply(self, item: PredictItem, answer: Answer | RowError, started: float, size: int) -> RowReply:
         queue_s = max(started - item.sent_at, 0.0)
         if isinstance(answer, UnknownTaskError):
             return RowReply(None, str(answer), 404, queue_s, size, self.replica_id)
+        if isinstance(answer, NonFiniteOutputError):  # the task's adapter is at fault, not the request
+            return RowReply(None, str(answer), 500, queue_s, size, self.replica_id)
         return RowReply(answer, None, 200, queue_s, size, self.replica_id)
 
     def _record_batch(self, items: list[PredictItem], outcome: BatchOutcome, started: float) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError, BackboneMismatchError
-from ..adapters.file_format import AdapterFile, AdapterHeader, load_adapter
+from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, AdapterHeader, load_adapter
 from .resident import ResidentAdapter, make_resident
 from .task_ids import validate_task_id
 
@@ -68,11 +68,11 @@ def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
 
 class AdapterBank:
     def __init__(self, info: BackboneInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_resident: int = 1024, max_host: int | None = None) -> None:
+                 max_resident: int = 1024, max_host: int | None = None, max_file_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_resident < 1 or (max_host is not None and max_host < 1):
             raise ValueError("max_resident and max_host must be at least 1")
         self.info, self.device, self.dtype, self.max_resident = info, torch.device(device), dtype, max_resident
-        self.max_host = max_host
+        self.max_host, self.max_file_bytes = max_host, max_file_bytes  # the second for files read back
         self._host: OrderedDict[tuple[str, int], HostCopy] = OrderedDict()  # LRU order of the host copies
         self.host_reloads = 0
         self._tasks: Mapping[str, TaskRecord] = MappingProxyType({})
@@ -87,7 +87,7 @@ class AdapterBank:
         record = TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source))
         with self._write_lock:
             self._tasks = MappingProxyType({**self._tasks, task_id: record})
-        self._evict_task(task_id)  # a re-registered task may reuse a version number
+        self._evict_task(task_id)
         self._touch_host(record)
         return record
 
@@ -109,6 +109,8 @@ class AdapterBank:
     def _touch_host(self, record: TaskRecord) -> None:
         """Marks a host copy as just used; beyond `max_host`, drops the oldest that a file can restore."""
         with self._resident_lock:
+            if not self._is_current(record):
+                return  # replaced or removed meanwhile (a batch in flight): no cache entry to outlive it
             self._host[(record.task_id, record.version)] = record.host
             self._host.move_to_end((record.task_id, record.version))
             if self.max_host is None:
@@ -125,7 +127,7 @@ class AdapterBank:
     def _host_tensors(self, record: TaskRecord) -> dict[str, Tensor]:
         tensors = record.host.tensors
         if tensors is None:  # left host memory: read back and validate the stored file
-            tensors = dict(load_adapter(record.host.source, self.info.fingerprint).tensors)
+            tensors = dict(load_adapter(record.host.source, self.info.fingerprint, self.max_file_bytes).tensors)
             record.host.tensors = tensors
             self.host_reloads += 1
         self._touch_host(record)
@@ -145,11 +147,16 @@ class AdapterBank:
         adapter = make_resident(record.task_id, record.version, self._host_tensors(record), record.header.adapter,
                                 self.info.depth, self.device, self.dtype)
         with self._resident_lock:
+            if not self._is_current(record):
+                return adapter  # for the batch in flight that asked, not cached
             self._resident[key] = adapter
             while len(self._resident) > self.max_resident:
                 self._resident.popitem(last=False)
                 self.evictions += 1
         return adapter
+
+    def _is_current(self, record: TaskRecord) -> bool:
+        return self._tasks.get(record.task_id) is record
 
     def resident_count(self) -> int:
         with self._resident_lock:

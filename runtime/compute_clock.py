@@ -15,17 +15,21 @@ import torch
 
 class ComputeClock:
     def __init__(self, device: torch.device | str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self._cpu: dict[str, float] = defaultdict(float)
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
 
     @contextmanager
     def section(self, name: str):
         if self.cuda:
+            # On the stream of the device the batch runs on: the thread's current device may be another one
+            # (cuda:0 in a fresh worker thread, while the replica serves on cuda:1).
+            stream = torch.cuda.current_stream(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             yield
-            end.record()
+            end.record(stream)
             self._events[name].append((start, end))
         else:
             began = time.perf_counter()

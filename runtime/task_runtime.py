@@ -21,7 +21,7 @@ from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
-from .errors import UnknownTaskError
+from .errors import NonFiniteOutputError, UnknownTaskError
 from .device import parse_device, serving_dtype
 from .executor import STRATEGIES, BatchTimings, MixedTaskExecutor, RowResult
 from .publishing import publish_adapter
@@ -29,6 +29,7 @@ from .store import AdapterStore
 from .task_ids import BACKBONE_TASK, validate_task_id
 
 log = logging.getLogger(__name__)
+RowError = UnknownTaskError | NonFiniteOutputError  # what a row answers instead of an Answer
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class SyncReport:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    answers: list[Answer | UnknownTaskError]  # one per row, in order
+    answers: list[Answer | RowError]  # one per row, in order
     timings: BatchTimings | None  # None when no row could run
     distinct_tasks: int
 
@@ -75,7 +76,8 @@ class TaskRuntime:
         dtype = serving_dtype(config.dtype)
         self.backbone = model.to(config.device, dtype)
         self.preprocess = Preprocessor(self.info)
-        self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident, config.max_host)
+        self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident, config.max_host,
+                                config.max_adapter_bytes)
         self.executor = MixedTaskExecutor(self.backbone, self.bank, config.strategy, config.gather_from_tasks)
         self.store = AdapterStore(config.store_dir)
         self._changes = threading.RLock()  # register/remove/sync: the bank never goes back to an older version
@@ -128,10 +130,11 @@ class TaskRuntime:
         return torch.cat([self.preprocess(image) for image in images])
 
     def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
-        """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass."""
+        """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass (a task
+        whose outputs overflow answers NonFiniteOutputError on its own rows only)."""
         snapshot = self.bank.snapshot()
         runnable = [i for i, t in enumerate(task_ids) if t == BACKBONE_TASK or t in snapshot]
-        answers: list[Answer | UnknownTaskError] = [
+        answers: list[Answer | RowError] = [
             UnknownTaskError(f"task {t!r} is not registered") for t in task_ids
         ]
         if not runnable:
@@ -140,7 +143,10 @@ class TaskRuntime:
         results, timings = self.executor.run_timed(self._batch([images[i] for i in runnable]), rows, snapshot)
         for i, result in zip(runnable, results):
             record = snapshot.get(task_ids[i])
-            answers[i] = answer_row(task_ids[i], result, record.header.labels if record else None, top_k[i])
+            try:
+                answers[i] = answer_row(task_ids[i], result, record.header.labels if record else None, top_k[i])
+            except NonFiniteOutputError as exc:
+                answers[i] = exc
         return BatchOutcome(answers, timings, len(set(rows)))
 
 
