@@ -71,6 +71,8 @@ class ReplicaState:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)  # actor options (no CPU reserved): app.py
 class TaskBoard:
+    # Every method is async: Serve runs plain ones on a thread pool, beside the event loop where the
+    # heartbeats change the same dicts.
     # async: runs on the event loop that takes the board's calls, so the admin port is served there too
     async def __init__(self, config: ServeConfig) -> None:
         lower_priority(config.board_nice)  # serving first: a burst of uploads waits for the cores
@@ -106,14 +108,14 @@ class TaskBoard:
         if backbone is None:
             return ChangeReply(False, 503, "no replica has loaded the backbone yet: retry in a few seconds")
         try:
-            published = await asyncio.to_thread(publish_adapter, self.store, backbone, task_id, data,
-                                                self.config.max_adapter_bytes)
+            published, generation = await self._commit(publish_adapter, self.store, backbone, task_id, data,
+                                                       self.config.max_adapter_bytes)
         except InvalidTaskIdError as exc:
             return ChangeReply(False, 400, str(exc))
         except AdapterFileError as exc:
             return ChangeReply(False, 422, str(exc))
         summary = summarize(task_id, published.entry.version, published.adapter.header)
-        reply = await self._spread(ChangeReply(True, 201 if published.created else 200, "registered", self.announce(),
+        reply = await self._spread(ChangeReply(True, 201 if published.created else 200, "registered", generation,
                                                summary))
         if not reply.pending:
             self.metrics.latency.observe(time.perf_counter() - began)
@@ -124,9 +126,22 @@ class TaskBoard:
             validate_task_id(task_id)
         except InvalidTaskIdError as exc:
             return ChangeReply(False, 400, str(exc))
-        if await asyncio.to_thread(self.store.remove, task_id) is None:
+        removed, generation = await self._commit(self.store.remove, task_id)
+        if removed is None:
             return ChangeReply(False, 404, f"task {task_id!r} is not registered")
-        return await self._spread(ChangeReply(True, 200, "removed", self.announce()))
+        return await self._spread(ChangeReply(True, 200, "removed", generation))
+
+    async def _commit(self, change, *args):
+        """(what `change(*args)` returned, the generation announcing it): the store change runs in a thread
+        and is announced as soon as it is made, even if the caller has gone meanwhile. Serve cancels a
+        request whose HTTP client disconnected, and that cancels this call too: without the shield the
+        change would be on disk, but no replica would hear of it until the next one."""
+
+        async def change_and_announce():
+            result = await asyncio.to_thread(change, *args)
+            return result, (self.announce() if result is not None else None)
+
+        return await asyncio.shield(change_and_announce())
 
     async def _spread(self, reply: ChangeReply) -> ChangeReply:
         """The reply once every live replica serves the change, or `registration_timeout_s` passed."""
@@ -180,10 +195,10 @@ class TaskBoard:
         if since < self.config.sync_coalesce_s:
             await asyncio.sleep(self.config.sync_coalesce_s - since)
 
-    def leave(self, replica_id: str) -> None:
+    async def leave(self, replica_id: str) -> None:
         self.replicas.pop(replica_id, None)
 
-    def report_metrics(self, process_id: str, metrics_text: str) -> None:
+    async def report_metrics(self, process_id: str, metrics_text: str) -> None:
         self.process_metrics[process_id] = (time.monotonic(), metrics_text)
 
     def _live(self) -> dict[str, ReplicaState]:
@@ -202,11 +217,12 @@ class TaskBoard:
                 return {"replicas": sorted(live), "pending": pending}
             await _set_within(self._progress, min(left, self.forget_after_s / 2))  # or in time to forget a dead replica
 
-    def status(self) -> dict:
-        live = self._live()
-        return {"replicas": sorted(live), "generation": self.generation, "admin_url": self.admin_url}
+    async def status(self) -> dict:
+        """`replicas`: the live ones that serve (a replica beats once before it has loaded the backbone)."""
+        serving = sorted(r for r, s in self._live().items() if s.applied is not None)
+        return {"replicas": serving, "generation": self.generation, "admin_url": self.admin_url}
 
-    def metric_texts(self) -> dict[str, str]:
+    async def metric_texts(self) -> dict[str, str]:
         now = time.monotonic()
         texts = {r: s.metrics_text for r, s in self._live().items() if s.metrics_text}
         texts[self.process_id] = exposition(self.registry)

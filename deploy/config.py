@@ -21,6 +21,7 @@ from ..adapters.images import DEFAULT_MAX_PIXELS
 from ..runtime.task_runtime import RuntimeConfig
 
 ADMIN_TOKEN_ENV = "MOSASERVE_ADMIN_TOKEN"
+MAX_TOP_K = 1000  # labels one prediction may list
 
 
 class ServeConfigError(ValueError):
@@ -81,6 +82,10 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.default_top_k > MAX_TOP_K:
+            raise ServeConfigError(f"default_top_k must be at most {MAX_TOP_K}, got {self.default_top_k}")
+        if self.admin_token is not None:
+            _check_admin_token(self.admin_token, "admin_token")
         if not (isinstance(self.board_nice, int) and 0 <= self.board_nice <= 19):
             raise ServeConfigError(f"board_nice must be an integer from 0 to 19, got {self.board_nice!r}")
         self._check_admin_address()
@@ -123,7 +128,10 @@ class ServeConfig:
                              strategy=self.strategy, max_adapter_bytes=self.max_adapter_bytes)
 
     def resolved_admin_token(self) -> str | None:
-        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        if self.admin_token is not None:
+            return self.admin_token
+        token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        return None if token is None else _check_admin_token(token, ADMIN_TOKEN_ENV)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ServeConfig":
@@ -144,6 +152,15 @@ class ServeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_admin_token(token: Any, where: str) -> str:
+    """The token as an Authorization header carries it: a YAML number, or a character outside ASCII, would
+    fail or lock out every admin request rather than fail here."""
+    if not (isinstance(token, str) and token.strip() and token.isascii() and token == token.strip()):
+        raise ServeConfigError(f"{where} must be a non-empty string of ASCII characters without surrounding spaces; "
+                               f"got a {type(token).__name__}")
+    return token
 
 
 def _backbone_from(raw: Any) -> BackboneSpec:

@@ -15,7 +15,7 @@ from ..adapters.images import BadImageError, ImageTooLargeError, decode_image, i
 from ..runtime.metrics import RequestMetrics, exposition, merge_expositions
 from ..runtime.task_ids import BACKBONE_TASK
 from .auth import require_admin
-from .config import ServeConfig
+from .config import MAX_TOP_K, ServeConfig
 from .errors import ApiError
 from .heap import freeze_startup_heap
 from .http_errors import add_error_handlers
@@ -99,8 +99,8 @@ class Ingress:
         if task_id != BACKBONE_TASK:
             valid_task_id(task_id)
         k = self.config.default_top_k if top_k is None else top_k
-        if not 1 <= k <= 1000:
-            raise ApiError(400, f"top_k must be between 1 and 1000, got {k}")
+        if not 1 <= k <= MAX_TOP_K:
+            raise ApiError(400, f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
                                  self.config.max_request_bytes, "request body")
         encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.max_images_per_request)

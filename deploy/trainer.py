@@ -50,6 +50,9 @@ class TrainingSidecar:
         self.jobs: dict[str, JobStatus] = {}
         self._requests: dict[str, TrainRequest] = {}
         self._queue: queue.Queue[str] = queue.Queue()
+        # A job's state moves on the worker thread and, for a cancel, on Serve's thread pool: one at a time,
+        # so a cancel never interleaves with a job's start or end (and its record on disk with theirs).
+        self._transitions = threading.RLock()
         self._backbone = None
         self.registry = CollectorRegistry()
         self.metrics = TrainingMetrics(self.registry)
@@ -101,26 +104,28 @@ class TrainingSidecar:
         job = self.jobs.get(job_id)
         if job is None:
             return None
-        if job.state == "queued":
-            self._finish(job, "cancelled")
-        elif job.state == "running" and not job.cancel_requested:
-            job.cancel_requested = True
-            self.records.save(self._requests[job_id], job)  # a restart in between still cancels
-        return job.to_dict()
+        with self._transitions:
+            if job.state == "queued":
+                self._finish(job, "cancelled")
+            elif job.state == "running" and not job.cancel_requested:
+                job.cancel_requested = True
+                self.records.save(self._requests[job_id], job)  # a restart in between still cancels
+            return job.to_dict()
 
     # --- the worker --------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             job = self.jobs[self._queue.get()]
-            if job.state != "queued":
-                continue
+            with self._transitions:
+                if job.state != "queued":
+                    continue
+                job.state = "running"
             try:
                 self._run(job, self._requests[job.job_id])
             except Exception:  # noqa: BLE001 - e.g. a full disk while finishing: the worker must live on
                 log.exception("training job %s could not be finished cleanly", job.job_id)
 
     def _run(self, job: JobStatus, request: TrainRequest) -> None:
-        job.state = "running"
         self.metrics.running.inc()
         try:
             version = self._train_and_register(job, request)
@@ -163,7 +168,8 @@ class TrainingSidecar:
         return self._backbone
 
     def _finish(self, job: JobStatus, state: str, error: str | None = None) -> None:
-        job.state, job.error, job.finished_at, job.eta_s = state, error, time.time(), None
-        self.records.save(self._requests[job.job_id], job)  # finished on disk first, then its checkpoint goes
+        with self._transitions:
+            job.state, job.error, job.finished_at, job.eta_s = state, error, time.time(), None
+            self.records.save(self._requests[job.job_id], job)  # finished on disk first, then its checkpoint goes
         self.records.drop_checkpoint(job.job_id)
         self.metrics.jobs.labels(state).inc()

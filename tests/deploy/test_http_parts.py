@@ -143,6 +143,9 @@ def test_admin_token_comes_from_config_or_environment(monkeypatch):
     monkeypatch.setenv("MOSASERVE_ADMIN_TOKEN", "from-env")
     assert ServeConfig().resolved_admin_token() == "from-env"
     assert ServeConfig(admin_token="from-config").resolved_admin_token() == "from-config"
+    monkeypatch.setenv("MOSASERVE_ADMIN_TOKEN", "naïve")
+    with pytest.raises(ServeConfigError, match="MOSASERVE_ADMIN_TOKEN must be a non-empty string of ASCII"):
+        ServeConfig().resolved_admin_token()
 
 
 def test_config_refuses_typos_and_bad_values(tmp_path):
@@ -163,6 +166,12 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     assert ServeConfig(sync_coalesce_s=0).sync_coalesce_s == 0  # one store pass per change
     with pytest.raises(ServeConfigError, match="admin_host must be"):
         ServeConfig.from_dict({"admin_host": " "})
+    # A token an Authorization header cannot carry as written would fail or lock out every admin request.
+    for token in (12345678, "", "pässword", " padded "):
+        with pytest.raises(ServeConfigError, match="admin_token must be a non-empty string of ASCII"):
+            ServeConfig.from_dict({"admin_token": token})
+    with pytest.raises(ServeConfigError, match="default_top_k must be at most 1000"):
+        ServeConfig.from_dict({"default_top_k": 1001})  # else every request without ?top_k would get a 400
     assert ServeConfig().admin_port is None and ServeConfig(admin_port=0).admin_port == 0
     # Caught when the config is read, not when a replica builds its first batch.
     for bad, message in [({"dtype": "int8"}, "dtype must be one of"), ({"dtype": "float"}, "dtype must be one of"),

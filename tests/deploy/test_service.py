@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import copy
+import fcntl
 import io
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -123,6 +126,70 @@ def test_an_up_to_date_replica_s_heartbeat_waits_at_the_board_and_hears_of_a_cha
         board.leave.remote("probe-replica").result(timeout_s=30)
     assert replies[0].status_code == 201 and replies[0].json()["servable_everywhere"]
     assert replies[0].json()["replicas"] == 3  # it waited for the probe as for the two serving replicas
+
+
+def test_a_task_whose_outputs_overflow_answers_500_while_its_batch_mates_are_served(service):
+    from ..runtime.helpers import adapter_bytes, random_model
+
+    model = random_model(copy.deepcopy(service.backbone), seed=62)
+    with torch.no_grad():
+        model.head.weight.fill_(3e38)  # finite, so the file is valid, but its logits overflow
+    assert service.put("overflowing", adapter_bytes(model, service.info)).status_code in (200, 201)
+    assert service.put("steady-mate", service.adapter(seed=63)[0]).status_code in (200, 201)
+    image, replies = png(), {}
+
+    def send(i: int) -> None:
+        task = "overflowing" if i % 2 else "steady-mate"
+        replies[i] = (task, service.predict(task, image))
+
+    senders = [threading.Thread(target=send, args=(i,)) for i in range(12)]  # together, so they share batches
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=60)
+    for task, reply in replies.values():
+        if task == "overflowing":
+            assert reply.status_code == 500 and "'overflowing' v1 produced non-finite outputs" in reply.json()["error"]
+        else:
+            assert reply.status_code == 200, reply.text
+    assert len(replies) == 12
+
+
+def test_a_replica_still_loading_is_not_counted_as_serving(service):
+    from ray import serve
+
+    board = serve.get_deployment_handle("TaskBoard", APP)
+    board.heartbeat.remote("probe-starting", None).result(timeout_s=30)  # a replica's first beat, before its load
+    try:
+        health = requests.get(f"{service.url}/healthz", timeout=30).json()
+        assert health["status"] == "ok" and health["replicas"] == 2
+    finally:
+        board.leave.remote("probe-starting").result(timeout_s=30)
+
+
+def test_a_removal_whose_client_went_away_still_reaches_every_replica(service):
+    image = png()
+    assert service.put("abandoned", service.adapter(seed=61)[0]).status_code in (200, 201)
+    assert service.predict("abandoned", image).status_code == 200
+    # Hold the store's writer lock, so the board's removal waits in its thread while the client gives up;
+    # Serve then cancels the request, and the board's call with it.
+    with open(Path(service.config.store_dir) / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(requests.Timeout):
+                requests.delete(f"{service.url}/v1/tasks/abandoned", headers={"Authorization": f"Bearer {TOKEN}"},
+                                timeout=1.0)
+            time.sleep(1.0)  # the disconnect travels: proxy, ingress, board
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    # The removal is made once the lock is free; it must be announced, so no replica keeps serving the task.
+    deadline, statuses = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        statuses = [service.predict("abandoned", image).status_code for _ in range(6)]
+        if set(statuses) == {404}:
+            break
+        time.sleep(0.2)
+    assert set(statuses) == {404}
 
 
 def test_a_burst_of_changes_reaches_a_replica_in_passes_at_least_sync_coalesce_s_apart(service):

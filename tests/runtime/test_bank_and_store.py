@@ -1,6 +1,7 @@
 """Versions, atomic swaps, residency, and a store that survives restarts and crashes."""
 
 import copy
+import json
 import os
 import threading
 
@@ -119,7 +120,8 @@ def test_store_publishes_versions_and_survives_reopen(tmp_path):
 def test_a_writer_never_rereads_its_own_manifest_but_sees_every_other_writers(tmp_path, monkeypatch):
     reads = []
     real_read = AdapterStore._read_manifest
-    monkeypatch.setattr(AdapterStore, "_read_manifest", staticmethod(lambda path: reads.append(path) or real_read(path)))
+    monkeypatch.setattr(AdapterStore, "_read_manifest",
+                        staticmethod(lambda raw, path: reads.append(path) or real_read(raw, path)))
     board, other = AdapterStore(tmp_path), AdapterStore(tmp_path)
     for i in range(5):
         board.publish(f"t{i}", b"x")
@@ -129,6 +131,39 @@ def test_a_writer_never_rereads_its_own_manifest_but_sees_every_other_writers(tm
     assert len(reads) == 1 and set(board.entries()) == {"t1", "t2", "t3", "t4", "dogs"} and len(reads) == 2
     board.publish("t1", b"z")
     assert board.entries()["t1"].version == 2 and set(AdapterStore(tmp_path).entries()) == set(board.entries())
+
+
+def test_a_task_removed_and_registered_again_never_gets_a_version_it_had_before(tmp_path):
+    store, replica = AdapterStore(tmp_path), AdapterStore(tmp_path)
+    store.publish("cats", b"one")
+    store.publish("cats", b"two")
+    held = replica.entries()["cats"]  # a replica serving v2, that then misses the removal and the upload
+    store.remove("cats")
+    again = store.publish("cats", b"three")
+    assert again.version == 3 and replica.entries()["cats"] != held  # so it sees a change, and reloads
+    store.remove("cats")
+    assert AdapterStore(tmp_path).publish("cats", b"four").version == 4  # kept on disk, for the next process too
+    assert "cats" not in json.loads((tmp_path / "manifest.json").read_text())["retired"]  # live again
+
+
+def test_a_writer_sees_another_writers_manifest_even_when_its_inode_size_and_mtime_repeat(tmp_path):
+    board, other = AdapterStore(tmp_path), AdapterStore(tmp_path)
+    board.publish("cats", b"one")
+    manifest, kept = tmp_path / "manifest.json", tmp_path / "kept"
+    os.link(manifest, kept)  # the board's manifest's inode, kept alive so it can come back
+    before = manifest.stat()
+    other.publish("cats", b"two")  # a manifest of the same length: only the version digits change
+    newer = manifest.read_bytes()
+    assert len(newer) == before.st_size
+    # The other writer's manifest in the board's old inode, with its old mtime: as an inode the file
+    # system hands out again and a coarse clock would make it.
+    with open(kept, "r+b") as handle:
+        handle.write(newer)
+    os.utime(kept, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(kept, manifest)
+    board.publish("dogs", b"three")  # must build on the other writer's manifest, not on its own last one
+    entries = AdapterStore(tmp_path).entries()
+    assert entries["cats"].version == 2 and entries["dogs"].version == 1
 
 
 def test_publishing_the_live_versions_bytes_again_changes_nothing(tmp_path):
@@ -190,7 +225,7 @@ def test_runtime_rejects_bad_uploads_without_storing_them(tiny_spec, tmp_path):
     assert runtime.store.entries() == {} and not runtime.tasks()
 
 
-def test_a_task_whose_finite_weights_overflow_fails_its_rows_with_a_clear_error(tiny_backbone, tiny_spec, tmp_path):
+def test_a_task_whose_finite_weights_overflow_fails_only_its_own_rows_with_a_clear_error(tiny_backbone, tiny_spec, tmp_path):
     backbone, info = tiny_backbone
     torch.manual_seed(0)
     runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path)))
@@ -199,9 +234,11 @@ def test_a_task_whose_finite_weights_overflow_fails_its_rows_with_a_clear_error(
         model.head.weight.fill_(3e38)  # finite, so the file is valid, but the logits overflow to Inf
     runtime.register("huge", adapter_bytes(model, info))
     image = torch.full((3, 20, 20), 128, dtype=torch.uint8)
-    with pytest.raises(NonFiniteOutputError, match="'huge' v1 produced non-finite outputs"):
-        runtime.serve_batch([image], ["huge"], [3])
-    assert runtime.serve_batch([image], [BACKBONE_TASK], [3]).answers[0].embedding is not None
+    runtime.register("sound", adapter_bytes(random_model(copy.deepcopy(backbone), seed=6), info))
+    # In one batch with other tasks: only its own rows fail, the batch and the other rows are served.
+    huge, bare, sound = runtime.serve_batch([image] * 3, ["huge", BACKBONE_TASK, "sound"], [3] * 3).answers
+    assert isinstance(huge, NonFiniteOutputError) and "'huge' v1 produced non-finite outputs" in str(huge)
+    assert bare.embedding is not None and sound.version == 1 and len(sound.top) == 3
 
 
 def test_removed_then_reregistered_task_serves_the_new_weights(tiny_backbone):
@@ -220,6 +257,34 @@ def test_removed_then_reregistered_task_serves_the_new_weights(tiny_backbone):
     bank.register("t", adapter_file(new, info), version=1)  # the same version number again
     got = torch.stack([r.output for r in executor.run(images, ["t", "t"])])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_in_flight_on_a_replaced_or_removed_version_leaves_nothing_cached(tiny_backbone):
+    backbone, info = tiny_backbone
+    first, second = (adapter_file(random_model(copy.deepcopy(backbone), seed=s), info) for s in (30, 31))
+    bank = AdapterBank(info)
+    bank.register("t", first, version=1)
+    planned = bank.snapshot()["t"]  # a batch planned here, run after the replacement below
+    bank.register("t", second, version=2)
+    assert bank.resident(planned).version == 1  # the batch still gets what it planned with
+    assert bank.resident_count() == 0 and bank.host_count() == 1  # but only version 2 stays cached
+    assert bank.resident(bank.snapshot()["t"]).version == 2 and bank.resident_count() == 1
+    bank.remove("t")
+    bank.resident(planned)
+    assert bank.resident_count() == 0 and bank.host_count() == 0
+
+
+def test_host_copies_are_read_back_within_the_configured_file_size_limit(tiny_backbone, tmp_path):
+    backbone, info = tiny_backbone
+    data = adapter_bytes(random_model(copy.deepcopy(backbone), seed=32), info)
+    entry = AdapterStore(tmp_path).publish("t", data)
+    bank = AdapterBank(info, max_host=1, max_file_bytes=len(data) - 1)
+    bank.register("t", adapter_file(random_model(copy.deepcopy(backbone), seed=32), info), entry.version,
+                  tmp_path / entry.file)
+    bank.register("u", adapter_file(random_model(copy.deepcopy(backbone), seed=33), info), 1, tmp_path / entry.file)
+    assert bank.snapshot()["t"].host.tensors is None  # dropped from host memory: a read-back is due
+    with pytest.raises(AdapterFileError, match="over the limit of"):
+        bank.resident(bank.snapshot()["t"])
 
 
 def test_host_tier_is_lru_bounded_and_reloads_from_the_stored_files(tiny_backbone, tmp_path):
