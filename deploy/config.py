@@ -58,6 +58,9 @@ class ServeConfig:
     # Pixels of all the images of one request together, read from their headers before any is decoded:
     # each image may hold max_image_pixels, and 64 of them would otherwise decode to 4.8 GB in the ingress.
     max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
+    # Decoded pixels the ingress holds for all requests in flight together (deploy/in_flight.py); beyond it
+    # a request is answered 503 with Retry-After at once. 200M: 600 MB of uint8, about 4,000 224 x 224 images.
+    max_pixels_in_flight: int = 8 * DEFAULT_MAX_PIXELS
     max_adapter_bytes: int = DEFAULT_MAX_BYTES
     default_top_k: int = 5
     datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
@@ -78,10 +81,14 @@ class ServeConfig:
     def __post_init__(self) -> None:
         positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
                     "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes",
+                    "max_pixels_in_flight",
                     "default_top_k", "heartbeat_s", "registration_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_pixels_in_flight < self.max_request_pixels:
+            raise ServeConfigError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
+                                   f"max_request_pixels ({self.max_request_pixels}), or no such request could pass")
         if self.default_top_k > MAX_TOP_K:
             raise ServeConfigError(f"default_top_k must be at most {MAX_TOP_K}, got {self.default_top_k}")
         if self.admin_token is not None:

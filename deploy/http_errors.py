@@ -11,7 +11,9 @@ from .errors import ApiError
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
     return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=headers)
 
 

@@ -19,6 +19,7 @@ from .config import MAX_TOP_K, ServeConfig
 from .errors import ApiError
 from .heap import freeze_startup_heap
 from .http_errors import add_error_handlers
+from .in_flight import PixelsInFlight
 from .metrics_push import report_metrics_forever
 from .replica import PredictItem, RowReply
 from .replica_calls import predict_row
@@ -72,6 +73,7 @@ class Ingress:
         self.registry = CollectorRegistry()
         self.metrics = RequestMetrics(self.registry)
         self.known_tasks: set[str] = {BACKBONE_TASK}
+        self.in_flight = PixelsInFlight(config.max_pixels_in_flight)
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, self.process_id, self.registry))
         freeze_startup_heap()
@@ -104,11 +106,14 @@ class Ingress:
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
                                  self.config.max_request_bytes, "request body")
         encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.max_images_per_request)
-        images = await asyncio.to_thread(self._decode_all, encoded)
-        sent_at = time.time()
-        replies: list[RowReply] = await asyncio.gather(
-            *(predict_row(self.replicas, PredictItem(image, task_id, k, sent_at)) for image in images)
-        )
+        images, pixels = await asyncio.to_thread(self._decode_all, encoded)
+        try:
+            sent_at = time.time()
+            replies: list[RowReply] = await asyncio.gather(
+                *(predict_row(self.replicas, PredictItem(image, task_id, k, sent_at)) for image in images)
+            )
+        finally:
+            self.in_flight.give_back(pixels)  # the replicas are done with them
         failed = next((r for r in replies if r.error), None)
         if failed is not None:
             raise ApiError(failed.status, failed.error)
@@ -119,14 +124,20 @@ class Ingress:
             "queue_ms": round(max(r.queue_s for r in replies) * 1000, 3),
         }
 
-    def _decode_all(self, encoded: list[bytes]) -> list:
-        """Every image's header first, so a request whose images decode to more than the budget decodes none."""
+    def _decode_all(self, encoded: list[bytes]) -> tuple[list, int]:
+        """(images, their pixels, taken from `in_flight` until the caller gives them back). Every image's
+        header first, so a request whose images decode to more than a budget decodes none."""
         limit = self.config.max_image_pixels
         total = sum(_as_api_error(index, image_pixels, data, limit) for index, data in enumerate(encoded))
         if total > self.config.max_request_pixels:
             raise ApiError(413, f"the request's {len(encoded)} images hold {total} pixels together; the limit is "
                                 f"{self.config.max_request_pixels}: send fewer or smaller images per request")
-        return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)]
+        self.in_flight.take(total)
+        try:
+            return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)], total
+        except BaseException:
+            self.in_flight.give_back(total)
+            raise
 
     # --- tasks -----------------------------------------------------------------------------
     @app.get("/v1/tasks")

@@ -24,5 +24,6 @@ async def predict_row(replicas, item: PredictItem) -> RowReply:
             return await replicas.predict.remote(item)
         except REPLICA_GONE as exc:
             if attempt == ATTEMPTS:
-                raise ApiError(503, f"no serving replica answered ({type(exc).__name__}); retry later") from exc
+                raise ApiError(503, f"no serving replica answered ({type(exc).__name__}); retry later",
+                               retry_after_s=2) from exc
             await asyncio.sleep(0.1 * attempt)  # let the router notice the dead replica

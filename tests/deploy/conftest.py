@@ -119,6 +119,7 @@ def service(ray_cluster, tmp_path_factory) -> Service:
         store_dir=str(root / "store"), replicas=2, replica_num_cpus=0.5, torch_threads=1, max_batch_size=8,
         batch_wait_timeout_s=0.02, admin_token=TOKEN, max_request_bytes=256 * 1024, max_image_pixels=1_000_000,
         max_images_per_request=4, max_request_pixels=2_000_000, max_adapter_bytes=1024 * 1024, heartbeat_s=0.5,
+        max_pixels_in_flight=3_000_000,  # one request at the per-request limit in flight, not two
         datasets_root=str(root / "datasets"), admin_port=0,
     )
     (root / "datasets").mkdir()

@@ -137,6 +137,21 @@ def test_the_default_bind_address_is_loopback(tmp_path):
     assert read_serve_file(bare).host == "127.0.0.1"  # a config without http_options too
 
 
+def test_decoded_pixels_in_flight_are_taken_up_to_the_limit_and_given_back():
+    from mosaserve.deploy.errors import ApiError
+    from mosaserve.deploy.in_flight import PixelsInFlight
+
+    budget = PixelsInFlight(100)
+    budget.take(60)
+    budget.take(40)  # exactly the limit
+    with pytest.raises(ApiError) as refused:
+        budget.take(1)
+    assert refused.value.status == 503 and refused.value.retry_after_s == 1 and budget.held == 100
+    budget.give_back(60)
+    budget.take(50)
+    assert budget.held == 90
+
+
 def test_admin_token_comes_from_config_or_environment(monkeypatch):
     monkeypatch.delenv("MOSASERVE_ADMIN_TOKEN", raising=False)
     assert ServeConfig().resolved_admin_token() is None
@@ -170,6 +185,8 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
     for token in (12345678, "", "pässword", " padded "):
         with pytest.raises(ServeConfigError, match="admin_token must be a non-empty string of ASCII"):
             ServeConfig.from_dict({"admin_token": token})
+    with pytest.raises(ServeConfigError, match="max_pixels_in_flight \\(10\\) must be at least max_request_pixels"):
+        ServeConfig.from_dict({"max_pixels_in_flight": 10})
     with pytest.raises(ServeConfigError, match="default_top_k must be at most 1000"):
         ServeConfig.from_dict({"default_top_k": 1001})  # else every request without ?top_k would get a 400
     assert ServeConfig().admin_port is None and ServeConfig(admin_port=0).admin_port == 0

@@ -155,6 +155,27 @@ def test_a_task_whose_outputs_overflow_answers_500_while_its_batch_mates_are_ser
     assert len(replies) == 12
 
 
+def test_requests_past_the_decoded_pixels_in_flight_are_answered_503_and_give_their_share_back(service):
+    assert service.put("roomy", service.adapter(seed=64)[0]).status_code in (200, 201)
+    full = base64.b64encode(png(size=(1000, 1000))).decode()
+    url, replies = f"{service.url}/v1/tasks/roomy/predict", []
+
+    def send() -> None:  # 2M pixels each: one fits the 3M in flight, two do not
+        replies.append(requests.post(url, json={"images": [full] * 2}, timeout=120))
+
+    senders = [threading.Thread(target=send) for _ in range(12)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=180)
+    statuses = sorted(r.status_code for r in replies)
+    assert len(statuses) == 12 and set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    for busy in (r for r in replies if r.status_code == 503):
+        assert busy.headers["Retry-After"] == "1" and "would pass its limit of 3000000" in busy.json()["error"]
+    # Every request gave its pixels back, answered or refused: the next one alone fits again.
+    assert requests.post(url, json={"images": [full] * 2}, timeout=60).status_code == 200
+
+
 def test_a_replica_still_loading_is_not_counted_as_serving(service):
     from ray import serve
 
