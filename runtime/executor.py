@@ -54,7 +54,8 @@ class BatchTimings:
 @dataclass(frozen=True)
 class TaskGroup:
     adapter: ResidentAdapter
-    rows: Tensor  # row indices into the batch
+    rows: Tensor  # row indices into the batch, on the device
+    rows_on_host: tuple[int, ...]  # the same: reading `rows` back would wait for the device once per group
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class MixedTaskExecutor:
                 raise UnknownTaskError(f"task {task_id!r} is not registered")
             rows_of.setdefault(task_id, []).append(row)
         adapters = {t: self.bank.resident(snapshot[t]) for t in rows_of}
-        groups = tuple(TaskGroup(adapters[t], torch.tensor(r, device=self.bank.device)) for t, r in rows_of.items())
+        groups = tuple(TaskGroup(adapters[t], torch.tensor(r, device=self.bank.device), tuple(r))
+                       for t, r in rows_of.items())
         threshold = self.gather_from_tasks
         gathered = self.strategy == "gathered" or (
             self.strategy == "auto" and threshold is not None and len(groups) >= threshold
@@ -153,7 +155,7 @@ class MixedTaskExecutor:
         results: list[RowResult | None] = [None] * len(task_ids)
         for group in plan.groups:
             logits = F.linear(features.index_select(0, group.rows), group.adapter.head_weight, group.adapter.head_bias)
-            for row, row_logits in zip(group.rows.tolist(), logits):
+            for row, row_logits in zip(group.rows_on_host, logits):
                 results[row] = RowResult(group.adapter.task_id, group.adapter.version, row_logits)
         for row, task_id in enumerate(task_ids):
             if task_id is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -141,13 +141,21 @@ class TaskRuntime:
             return BatchOutcome(answers, None, 0)
         rows = _rows([task_ids[i] for i in runnable])
         results, timings = self.executor.run_timed(self._batch([images[i] for i in runnable]), rows, snapshot)
-        for i, result in zip(runnable, results):
+        for i, result, output in zip(runnable, results, _on_host([r.output for r in results])):
             record = snapshot.get(task_ids[i])
             try:
-                answers[i] = answer_row(task_ids[i], result, record.header.labels if record else None, top_k[i])
+                answers[i] = answer_row(task_ids[i], replace(result, output=output),
+                                        record.header.labels if record else None, top_k[i])
             except NonFiniteOutputError as exc:
                 answers[i] = exc
         return BatchOutcome(answers, timings, len(set(rows)))
+
+
+def _on_host(outputs: list[Tensor]) -> list[Tensor]:
+    """Every row's output on the host in one copy: answering rows on the device would wait for it several
+    times per row (softmax, finiteness, top-k, lists)."""
+    flat = torch.cat([o.reshape(-1) for o in outputs]).cpu()
+    return list(flat.split([o.numel() for o in outputs]))
 
 
 def _rows(task_ids: list[str]) -> list[str | None]:
