@@ -8,24 +8,21 @@ requests of two 5000 x 5000 PNGs (a few hundred KB each when compressed) would h
 
 from __future__ import annotations
 
-import threading
-
 from .errors import ApiError
 
 
 class PixelsInFlight:
+    """Used from the ingress's event loop only, so no lock."""
+
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
-        self._lock = threading.Lock()  # taken in the decoding thread, given back on the event loop
 
     def take(self, pixels: int) -> None:
-        with self._lock:
-            if self.held + pixels > self.limit:
-                raise ApiError(503, f"the service holds {self.held} decoded pixels of other requests, and this "
-                                    f"one's {pixels} would pass its limit of {self.limit}; retry in a moment",
-                               retry_after_s=1)
-            self.held += pixels
+        if self.held + pixels > self.limit:
+            raise ApiError(503, f"the service holds {self.held} decoded pixels of other requests, and this "
+                                f"one's {pixels} would pass its limit of {self.limit}; retry in a moment",
+                           retry_after_s=1)
+        self.held += pixels
 
     def give_back(self, pixels: int) -> None:
-        with self._lock:
-            self.held -= pixels
+        self.held -= pixels

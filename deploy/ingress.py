@@ -106,8 +106,10 @@ class Ingress:
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
                                  self.config.max_request_bytes, "request body")
         encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.max_images_per_request)
-        images, pixels = await asyncio.to_thread(self._decode_all, encoded)
+        pixels = await asyncio.to_thread(self._pixels_of, encoded)
+        self.in_flight.take(pixels)  # on the event loop, right before the try: a cancel can never skip giving back
         try:
+            images = await asyncio.to_thread(self._decode_all, encoded)
             sent_at = time.time()
             replies: list[RowReply] = await asyncio.gather(
                 *(predict_row(self.replicas, PredictItem(image, task_id, k, sent_at)) for image in images)
@@ -124,20 +126,18 @@ class Ingress:
             "queue_ms": round(max(r.queue_s for r in replies) * 1000, 3),
         }
 
-    def _decode_all(self, encoded: list[bytes]) -> tuple[list, int]:
-        """(images, their pixels, taken from `in_flight` until the caller gives them back). Every image's
-        header first, so a request whose images decode to more than a budget decodes none."""
+    def _pixels_of(self, encoded: list[bytes]) -> int:
+        """The request's pixels, from every image's header: a request over a budget decodes none."""
         limit = self.config.max_image_pixels
         total = sum(_as_api_error(index, image_pixels, data, limit) for index, data in enumerate(encoded))
         if total > self.config.max_request_pixels:
             raise ApiError(413, f"the request's {len(encoded)} images hold {total} pixels together; the limit is "
                                 f"{self.config.max_request_pixels}: send fewer or smaller images per request")
-        self.in_flight.take(total)
-        try:
-            return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)], total
-        except BaseException:
-            self.in_flight.give_back(total)
-            raise
+        return total
+
+    def _decode_all(self, encoded: list[bytes]) -> list:
+        limit = self.config.max_image_pixels
+        return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)]
 
     # --- tasks -----------------------------------------------------------------------------
     @app.get("/v1/tasks")
