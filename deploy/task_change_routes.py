@@ -51,10 +51,11 @@ async def remove_task(task_id: str, request: Request, admin_token: str | None,
 
 
 def _answer(reply: ChangeReply, began: float, body: dict) -> JSONResponse:
-    """The board answers once every replica serves the change (202 if some did not within the timeout)."""
+    """The board answers once every replica serves the change (202 if some did not within the timeout, or
+    if no replica is alive to serve it: stored, served by none yet)."""
     if not reply.ok:
         raise ApiError(reply.status, reply.message)
-    everywhere = not reply.pending
+    everywhere = bool(reply.replicas) and not reply.pending
     body.update(servable_everywhere=everywhere, replicas=len(reply.replicas), pending=list(reply.pending),
                 seconds=round(time.perf_counter() - began, 4))
     return JSONResponse(body, status_code=reply.status if everywhere else 202)

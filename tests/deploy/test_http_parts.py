@@ -152,6 +152,20 @@ def test_decoded_pixels_in_flight_are_taken_up_to_the_limit_and_given_back():
     assert budget.held == 90
 
 
+def test_a_change_no_live_replica_serves_is_not_called_servable_everywhere():
+    import json
+
+    from mosaserve.deploy.board import ChangeReply
+    from mosaserve.deploy.task_change_routes import _answer
+
+    served = _answer(ChangeReply(True, 201, "registered", 7, {"version": 1}, replicas=("r1", "r2")), 0.0, {})
+    assert served.status_code == 201 and json.loads(served.body)["servable_everywhere"] is True
+    # Every replica forgotten (dead or restarting) after the board learnt the backbone: stored, served by none.
+    nobody = _answer(ChangeReply(True, 201, "registered", 7, {"version": 1}), 0.0, {})
+    assert nobody.status_code == 202 and json.loads(nobody.body)["servable_everywhere"] is False
+    assert json.loads(nobody.body)["replicas"] == 0
+
+
 def test_admin_token_comes_from_config_or_environment(monkeypatch):
     monkeypatch.delenv("MOSASERVE_ADMIN_TOKEN", raising=False)
     assert ServeConfig().resolved_admin_token() is None
