@@ -14,7 +14,7 @@ removed task's last version): a replica that missed a removal and a re-registrat
 that the version it holds is not the one the store names.
 
 A manifest that cannot be read (torn by storage that lost the fsync'd bytes, or edited by hand) is
-moved aside and rebuilt from the files: the newest complete version of each task. Files only
+copied aside and rebuilt from the files: the newest complete version of each task. Files only
 appear under their final name once complete, so each is whole; the limit is that a task removed
 just before the damage, whose file was not yet deleted, comes back, and a version written but
 never committed by the manifest may be chosen over the committed one. A rebuilt manifest no longer
