@@ -25,6 +25,7 @@ from torch import Tensor
 from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError, BackboneMismatchError
 from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, AdapterHeader, load_adapter
+from .errors import HostCopyLostError
 from .resident import ResidentAdapter, make_resident
 from .task_ids import validate_task_id
 
@@ -127,7 +128,11 @@ class AdapterBank:
     def _host_tensors(self, record: TaskRecord) -> dict[str, Tensor]:
         tensors = record.host.tensors
         if tensors is None:  # left host memory: read back and validate the stored file
-            tensors = dict(load_adapter(record.host.source, self.info.fingerprint, self.max_file_bytes).tensors)
+            try:
+                tensors = dict(load_adapter(record.host.source, self.info.fingerprint, self.max_file_bytes).tensors)
+            except FileNotFoundError as exc:
+                raise HostCopyLostError(f"task {record.task_id!r} v{record.version}: its stored file is gone "
+                                        "(replaced or removed in the store since)") from exc
             record.host.tensors = tensors
             self.host_reloads += 1
         self._touch_host(record)

@@ -16,5 +16,9 @@ class StoreError(RuntimeError):
     """The adapter store cannot be read or written."""
 
 
+class HostCopyLostError(RuntimeError):
+    """A version whose tensors left host memory cannot be read back: the store replaced or removed it since."""
+
+
 class NonFiniteOutputError(RuntimeError):
     """A task's adapter made Inf or NaN outputs: finite weights large enough to overflow."""

@@ -21,7 +21,7 @@ from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
-from .errors import NonFiniteOutputError, UnknownTaskError
+from .errors import HostCopyLostError, NonFiniteOutputError, UnknownTaskError
 from .device import parse_device, serving_dtype
 from .executor import STRATEGIES, BatchTimings, MixedTaskExecutor, RowResult
 from .publishing import publish_adapter
@@ -132,6 +132,15 @@ class TaskRuntime:
     def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
         """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass (a task
         whose outputs overflow answers NonFiniteOutputError on its own rows only)."""
+        try:
+            return self._serve_batch(images, task_ids, top_k)
+        except HostCopyLostError:
+            # A version this process still serves, out of host memory, was replaced in the store before its
+            # news arrived: catch up with the store now and serve what it holds.
+            self.sync()
+            return self._serve_batch(images, task_ids, top_k)
+
+    def _serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
         snapshot = self.bank.snapshot()
         runnable = [i for i, t in enumerate(task_ids) if t == BACKBONE_TASK or t in snapshot]
         answers: list[Answer | RowError] = [

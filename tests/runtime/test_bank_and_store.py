@@ -287,6 +287,21 @@ def test_host_copies_are_read_back_within_the_configured_file_size_limit(tiny_ba
         bank.resident(bank.snapshot()["t"])
 
 
+def test_a_version_replaced_in_the_store_while_out_of_host_memory_is_caught_up_with_not_failed(
+        tiny_backbone, tiny_spec, tmp_path):
+    backbone, info = tiny_backbone
+    board = AdapterStore(tmp_path)  # another process: the task board
+    board.publish("t", adapter_bytes(random_model(copy.deepcopy(backbone), seed=34), info))
+    board.publish("u", adapter_bytes(random_model(copy.deepcopy(backbone), seed=35), info))
+    runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path), max_host=1))
+    assert runtime.bank.snapshot()["t"].host.tensors is None  # u was loaded after it: t left host memory
+    board.publish("t", adapter_bytes(random_model(copy.deepcopy(backbone), seed=36), info))  # v1's file goes
+    image = torch.full((3, 20, 20), 90, dtype=torch.uint8)
+    answer = runtime.serve_batch([image, image], ["t", "u"], [3, 3]).answers  # before this process heard of v2
+    fresh = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path))).serve_batch([image], ["t"], [3])
+    assert answer[0].version == 2 and answer[0].top == fresh.answers[0].top and answer[1].version == 1
+
+
 def test_host_tier_is_lru_bounded_and_reloads_from_the_stored_files(tiny_backbone, tmp_path):
     backbone, info = tiny_backbone
     models = [random_model(copy.deepcopy(backbone), seed=10 + i) for i in range(4)]
