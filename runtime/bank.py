@@ -130,7 +130,9 @@ class AdapterBank:
         if tensors is None:  # left host memory: read back and validate the stored file
             try:
                 tensors = dict(load_adapter(record.host.source, self.info.fingerprint, self.max_file_bytes).tensors)
-            except FileNotFoundError as exc:
+            except AdapterFileError as exc:
+                if Path(record.host.source).exists():
+                    raise  # there but unreadable: damaged, not replaced
                 raise HostCopyLostError(f"task {record.task_id!r} v{record.version}: its stored file is gone "
                                         "(replaced or removed in the store since)") from exc
             record.host.tensors = tensors
