@@ -115,8 +115,8 @@ class MixedTaskExecutor:
                 raise UnknownTaskError(f"task {task_id!r} is not registered")
             rows_of.setdefault(task_id, []).append(row)
         adapters = {t: self.bank.resident(snapshot[t]) for t in rows_of}
-        groups = tuple(TaskGroup(adapters[t], torch.tensor(r, device=self.bank.device), tuple(r))
-                       for t, r in rows_of.items())
+        groups = tuple(TaskGroup(adapters[t], on_device, tuple(r))
+                       for (t, r), on_device in zip(rows_of.items(), self._rows_on_device(list(rows_of.values()))))
         threshold = self.gather_from_tasks
         gathered = self.strategy == "gathered" or (
             self.strategy == "auto" and threshold is not None and len(groups) >= threshold
@@ -125,6 +125,13 @@ class MixedTaskExecutor:
         adapted = frozenset().union(*(f.blocks for f in folded.values()))
         stacks = stack_rows(folded, rows_of, len(task_ids)) if gathered and folded else None
         return BatchPlan(len(task_ids), groups, adapted, stacks, any(g.adapter.qkv for g in groups))
+
+    def _rows_on_device(self, rows: list[list[int]]) -> list[Tensor]:
+        """Each group's row indices on the device, from one copy for the batch rather than one per group."""
+        if not rows:
+            return []
+        flat = torch.tensor([row for group in rows for row in group], device=self.bank.device)
+        return list(flat.split([len(group) for group in rows]))
 
     def run(self, images: Tensor, task_ids: list[str | None],
             snapshot: Mapping[str, TaskRecord] | None = None) -> list[RowResult]:
