@@ -186,7 +186,8 @@ class Ingress:
 
     @app.delete("/v1/train/{job_id}")
     async def cancel_training(self, job_id: str, request: Request) -> dict:
-        """Cancel a queued or running job (a running one stops at its next epoch end). Admin."""
+        """Cancel a queued or running job (a running one stops at its next epoch end; one past its last epoch
+        goes live and answers cancel_requested false). Admin."""
         require_admin(request.headers.get("authorization"), self.admin_token)
         return await self._job(self.trainer.cancel, job_id)
 

@@ -3,7 +3,8 @@
 Jobs run one at a time on a worker thread. On success the merged adapter goes through the same
 path as an upload (the task board validates it, publishes it to the store, announces it), and the job
 succeeds once every replica serves it. A failure or a cancel publishes nothing: the adapter file
-exists only in memory until the atomic publish. Cancelling takes effect at the next epoch end.
+exists only in memory until the atomic publish. Cancelling takes effect at the next epoch end; a
+job past its last epoch is not cancelled (it answers cancel_requested false and goes live).
 
 Jobs outlive the sidecar (deploy/train_job_records.py): every job's record and its last checkpoint
 are on disk, so when Serve restarts a sidecar that crashed or was killed, the new one lists finished
@@ -107,7 +108,9 @@ class TrainingSidecar:
         with self._transitions:
             if job.state == "queued":
                 self._finish(job, "cancelled")
-            elif job.state == "running" and not job.cancel_requested:
+            elif job.state == "running" and not job.cancel_requested and job.epoch < job.epochs:
+                # Past its last epoch the job is being evaluated and registered: it goes live, and says so by
+                # leaving cancel_requested false rather than promising a cancel it would not make.
                 job.cancel_requested = True
                 self.records.save(self._requests[job_id], job)  # a restart in between still cancels
             return job.to_dict()
@@ -144,8 +147,9 @@ class TrainingSidecar:
         backbone, info = self._load_backbone()
         trained = run_job(job, request, self.records, backbone, info, on_epoch_end=self._observe_epoch(job))
         self.metrics.accuracy.labels(job.task_id).set(trained.test_accuracy)
-        if job.cancel_requested:
-            raise JobCancelled()
+        with self._transitions:  # a cancel lands before this, or sees the last epoch done and is refused
+            if job.cancel_requested:
+                raise JobCancelled()
         return self._register(job, trained)
 
     def _observe_epoch(self, job: JobStatus):

@@ -548,6 +548,27 @@ def test_training_jobs_can_be_cancelled_and_bad_requests_are_refused(service):
     assert requests.get(f"{url}/nope", headers=ADMIN, timeout=30).status_code == 404
 
 
+def test_a_cancel_after_the_last_epoch_says_it_will_not_cancel_and_the_job_goes_live(service):
+    body = {"task_id": "too-late", "dataset": "digits", "epochs": 1, "train_size": 60, "test_size": 20}
+    # Hold the store's writer lock: the job trains, then waits in its registration, past its last epoch.
+    with open(Path(service.config.store_dir) / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
+            deadline, job = time.monotonic() + 120, {}
+            while time.monotonic() < deadline and job.get("epoch", 0) < 1:
+                job = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+                time.sleep(0.1)
+            time.sleep(1.0)  # evaluated on its test split, now registering
+            answer = requests.delete(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+            assert answer["state"] == "running" and answer["cancel_requested"] is False, answer
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    done = wait_for_job(service, job_id, {"succeeded", "failed", "cancelled"})
+    assert done["state"] == "succeeded" and not done["cancel_requested"]
+    assert requests.get(f"{service.url}/v1/tasks/too-late", timeout=30).status_code == 200
+
+
 def start_job_and_wait_for_first_epoch(service, body: dict) -> dict:
     job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
     deadline, job = time.monotonic() + 120, {}
