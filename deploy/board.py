@@ -72,8 +72,7 @@ class ReplicaState:
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)  # actor options (no CPU reserved): app.py
 class TaskBoard:
     # Every method is async: Serve runs plain ones on a thread pool, beside the event loop where the
-    # heartbeats change the same dicts.
-    # async: runs on the event loop that takes the board's calls, so the admin port is served there too
+    # heartbeats change the same dicts. __init__ too, so the admin port is served on that loop.
     async def __init__(self, config: ServeConfig) -> None:
         lower_priority(config.board_nice)  # serving first: a burst of uploads waits for the cores
         self.config = config
