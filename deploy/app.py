@@ -11,7 +11,6 @@ from typing import Any
 
 from ray.serve import Application
 
-from ..runtime.device import parse_device
 from .board import TaskBoard
 from .config import ServeConfig
 from .ingress import Ingress
@@ -29,9 +28,7 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         num_replicas=config.replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options=actor_options(
-            num_cpus=config.replica_num_cpus,
-            # Ray gives each such replica one GPU of its own, which it sees as "cuda".
-            num_gpus=1 if parse_device(config.device).type == "cuda" else 0),
+            num_cpus=config.replica_num_cpus, num_gpus=config.replica_num_gpus),
     ).bind(config, board)
     trainer = TrainingSidecar.options(name="TrainingSidecar",
                                       ray_actor_options=actor_options(num_cpus=config.trainer_num_cpus)

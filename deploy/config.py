@@ -18,6 +18,7 @@ from ..adapters.backbone import BackboneSpec
 from ..adapters.embedded import EMBEDDED_BACKBONE, EMBEDDED_CHECKPOINT
 from ..adapters.file_format import DEFAULT_MAX_BYTES
 from ..adapters.images import DEFAULT_MAX_PIXELS
+from ..runtime.device import parse_device
 from ..runtime.task_runtime import RuntimeConfig
 
 ADMIN_TOKEN_ENV = "MOSASERVE_ADMIN_TOKEN"
@@ -134,6 +135,11 @@ class ServeConfig:
                              device=self.device, dtype=self.dtype, max_resident=self.max_resident, max_host=self.max_host,
                              strategy=self.strategy, max_adapter_bytes=self.max_adapter_bytes)
 
+    @property
+    def replica_num_gpus(self) -> int:
+        """Ray gives each serving replica on "cuda" one GPU of its own, which it sees as "cuda"."""
+        return 1 if parse_device(self.device).type == "cuda" else 0
+
     def resolved_admin_token(self) -> str | None:
         if self.admin_token is not None:
             return self.admin_token
@@ -164,7 +170,7 @@ class ServeConfig:
 def _check_admin_token(token: Any, where: str) -> str:
     """The token as an Authorization header carries it: a YAML number, or a character outside ASCII, would
     fail or lock out every admin request rather than fail here."""
-    if not (isinstance(token, str) and token.strip() and token.isascii() and token == token.strip()):
+    if not (isinstance(token, str) and token and token.isascii() and token == token.strip()):
         raise ServeConfigError(f"{where} must be a non-empty string of ASCII characters without surrounding spaces; "
                                f"got a {type(token).__name__}")
     return token

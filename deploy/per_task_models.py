@@ -1,10 +1,10 @@
 """The baseline a Ray Serve user would build without mosaserve: one full model per task, multiplexed.
 
 Each task is a whole adapted ViT (a copy of the backbone with the task's adapter and head, moved to
-mosaserve's device and dtype), loaded from the same store by `@serve.multiplexed` (LRU over `max_models` per replica; Serve routes a
-request to a replica holding its model by the `serve_multiplexed_model_id` header). Batching uses
-the same settings as mosaserve's replicas, but Serve splits each batch by model id, so rows of
-different tasks never share a forward pass. Used by the side-by-side load test only.
+mosaserve's device and dtype), loaded from the same store by `@serve.multiplexed` (LRU over
+`max_models` per replica; Serve routes a request to a replica holding its model by the
+`serve_multiplexed_model_id` header). Batching uses the same settings as mosaserve's replicas,
+but Serve splits each batch by model id, so rows of different tasks never share a forward pass. Used by the side-by-side load test only.
 """
 # No `from __future__ import annotations`: FastAPI must see the route parameters' real types.
 
@@ -35,7 +35,7 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
     device, dtype = parse_device(config.device), serving_dtype(config.dtype)
 
     @serve.deployment(name="PerTaskModels", num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-                      ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": int(device.type == "cuda")})
+                      ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": config.replica_num_gpus})
     @serve.ingress(app)
     class PerTaskModels:
         def __init__(self) -> None:

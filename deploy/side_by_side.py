@@ -101,9 +101,9 @@ def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Pat
 
 def _config(spec: CompareSpec, root: Path) -> ServeConfig:
     return ServeConfig(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
-                       device=spec.device, dtype=spec.dtype, torch_threads=spec.torch_threads, max_batch_size=spec.max_batch_size,
-                       batch_wait_timeout_s=spec.batch_wait_timeout_s, admin_token=TOKEN,
-                       registration_timeout_s=60, admin_port=0)
+                       device=spec.device, dtype=spec.dtype, torch_threads=spec.torch_threads,
+                       max_batch_size=spec.max_batch_size, batch_wait_timeout_s=spec.batch_wait_timeout_s,
+                       admin_token=TOKEN, registration_timeout_s=60, admin_port=0)
 
 
 def _make_adapters(config: ServeConfig, count: int, uploads: int, r: int) -> tuple[list[str], list[bytes]]:

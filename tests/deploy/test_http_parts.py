@@ -209,7 +209,9 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
                          ({"device": "gpu0"}, "unknown device 'gpu0'"), ({"strategy": "fastest"}, "strategy must be one of")]:
         with pytest.raises(ServeConfigError, match=message):
             ServeConfig.from_dict(bad)
-    assert ServeConfig.from_dict({"device": "cuda:1", "dtype": "bfloat16"}).runtime_config().device == "cuda:1"
+    on_gpu = ServeConfig.from_dict({"device": "cuda:1", "dtype": "bfloat16"})
+    assert on_gpu.runtime_config().device == "cuda:1" and on_gpu.replica_num_gpus == 1
+    assert ServeConfig().replica_num_gpus == 0
     custom = ServeConfig.from_dict({"backbone": {"name": "vit_base_patch16_224", "checkpoint": "/models/b16.safetensors"}})
     assert custom.backbone.checkpoint == "/models/b16.safetensors" and custom.backbone.kwargs == {}
     two_apps = tmp_path / "two.yaml"
