@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
-import fcntl
 import io
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -18,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mosaserve.adapters.images import decode_image
 from mosaserve.adapters.preprocess import Preprocessor
+from mosaserve.runtime.store import AdapterStore
 
 from .conftest import APP, TOKEN, crash_actor, deploy, live_actors, wait_healthy
 
@@ -32,6 +31,11 @@ def jpeg(size=(24, 18)) -> bytes:
     out = io.BytesIO()
     Image.effect_noise(size, 60).convert("RGB").save(out, "JPEG")
     return out.getvalue()
+
+
+def holding_store_writer_lock(service):
+    """The store's own writer lock (its flock), held here: the service's writes wait until it is let go."""
+    return AdapterStore(service.config.store_dir)._flocked()
 
 
 def expected_top(service, model, image_bytes: bytes) -> tuple[str, float]:
@@ -194,15 +198,11 @@ def test_a_removal_whose_client_went_away_still_reaches_every_replica(service):
     assert service.predict("abandoned", image).status_code == 200
     # Hold the store's writer lock, so the board's removal waits in its thread while the client gives up;
     # Serve then cancels the request, and the board's call with it.
-    with open(Path(service.config.store_dir) / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with pytest.raises(requests.Timeout):
-                requests.delete(f"{service.url}/v1/tasks/abandoned", headers={"Authorization": f"Bearer {TOKEN}"},
-                                timeout=1.0)
-            time.sleep(1.0)  # the disconnect travels: proxy, ingress, board
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with holding_store_writer_lock(service):
+        with pytest.raises(requests.Timeout):
+            requests.delete(f"{service.url}/v1/tasks/abandoned", headers={"Authorization": f"Bearer {TOKEN}"},
+                            timeout=1.0)
+        time.sleep(1.0)  # the disconnect travels: proxy, ingress, board
     # The removal is made once the lock is free; it must be announced, so no replica keeps serving the task.
     deadline, statuses = time.monotonic() + 20, []
     while time.monotonic() < deadline:
@@ -551,19 +551,15 @@ def test_training_jobs_can_be_cancelled_and_bad_requests_are_refused(service):
 def test_a_cancel_after_the_last_epoch_says_it_will_not_cancel_and_the_job_goes_live(service):
     body = {"task_id": "too-late", "dataset": "digits", "epochs": 1, "train_size": 60, "test_size": 20}
     # Hold the store's writer lock: the job trains, then waits in its registration, past its last epoch.
-    with open(Path(service.config.store_dir) / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
-            deadline, job = time.monotonic() + 120, {}
-            while time.monotonic() < deadline and job.get("epoch", 0) < 1:
-                job = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
-                time.sleep(0.1)
-            time.sleep(1.0)  # evaluated on its test split, now registering
-            answer = requests.delete(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
-            assert answer["state"] == "running" and answer["cancel_requested"] is False, answer
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with holding_store_writer_lock(service):
+        job_id = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30).json()["job_id"]
+        deadline, job = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and job.get("epoch", 0) < 1:
+            job = requests.get(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+            time.sleep(0.1)
+        time.sleep(1.0)  # evaluated on its test split, now registering
+        answer = requests.delete(f"{service.url}/v1/train/{job_id}", headers=ADMIN, timeout=30).json()
+        assert answer["state"] == "running" and answer["cancel_requested"] is False, answer
     done = wait_for_job(service, job_id, {"succeeded", "failed", "cancelled"})
     assert done["state"] == "succeeded" and not done["cancel_requested"]
     assert requests.get(f"{service.url}/v1/tasks/too-late", timeout=30).status_code == 200
