@@ -176,7 +176,7 @@ def _add_loadtest(sub) -> None:
     compare.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT (random weights)")
     compare.add_argument("--device", default="cpu", help="where every system computes: cpu, cuda, cuda:1")
     compare.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                         help="every system's precision (bfloat16 on a GPU, or a CPU with AMX)")
+                         help="every system's precision (bfloat16 on a GPU, or a CPU with avx512_bf16 or AMX)")
     compare.add_argument("--tasks", default="10,100", help="task counts")
     compare.add_argument("--mixes", default="uniform,zipf")
     compare.add_argument("--rates", default="4,6,8,10,12,14,16,20,24", help="swept request rates")

@@ -44,7 +44,8 @@ TOKEN = "side-by-side-admin"
 class CompareSpec:
     backbone: BackboneSpec = BackboneSpec("vit_tiny_patch16_224")  # seeded random weights: speed does not depend on them
     # Every system computes here, the baseline's per-task models too ("cuda" and "bfloat16" on a GPU; bfloat16
-    # also on a CPU with AMX, where it is 2-3x faster than float32 from 4 rows a batch on).
+    # also on a CPU with AMX, where it is 2-3x faster than float32 from 4 rows a batch on, or with avx512_bf16
+    # alone, 1.7-1.9x at any batch size: BENCHMARKS.md, sessions 10 and 11).
     device: str = "cpu"
     dtype: str = "float32"
     task_counts: tuple[int, ...] = (10, 100)
