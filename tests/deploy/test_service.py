@@ -7,6 +7,7 @@ import copy
 import io
 import threading
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -107,7 +108,17 @@ def test_both_replicas_serve_a_task_registered_after_start(service):
         served_by.add(reply.json()["predictions"][0]["replica"])
         if len(served_by) == 2:
             break
-    assert set(statuses) == {200} and len(served_by) == 2
+    assert set(statuses) == {200} and len(served_by) == 2, (served_by, Counter(statuses))
+
+
+def test_requests_after_a_multi_image_request_still_reach_both_replicas(service):
+    """The router must release a replica's slots as its calls finish: one that held them (Ray 2.60's gRPC data
+    plane did, for seconds) sends every request after a multi-image one to the other replica."""
+    assert service.put("spread", service.adapter(seed=15)[0]).status_code in (200, 201)
+    images = {"images": [base64.b64encode(png()).decode()] * 4}
+    assert requests.post(f"{service.url}/v1/tasks/spread/predict", json=images, timeout=60).status_code == 200
+    served_by = Counter(service.predict("spread", png()).json()["predictions"][0]["replica"] for _ in range(40))
+    assert len(served_by) == 2, served_by
 
 
 def test_an_up_to_date_replica_s_heartbeat_waits_at_the_board_and_hears_of_a_change_at_once(service):
