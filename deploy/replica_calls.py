@@ -5,9 +5,9 @@ router stops picking a dead replica once it sees it is gone, and the controller 
 Only when every attempt meets a dead replica does the client get a 503 (retry later), never a 500.
 
 Calls go by reference (Ray actor calls), not over Serve's gRPC data plane (`_by_reference=False`, or
-RAY_SERVE_USE_GRPC_BY_DEFAULT): gRPC cut 6-11 CPU ms per prediction, but in Ray 2.60 the router kept a
-finished gRPC call counted against its replica for seconds, so the requests after it all went to the
-other replica (BENCHMARKS.md, session 12).
+RAY_SERVE_USE_GRPC_BY_DEFAULT): with Serve's same-loop flags, gRPC cut 6-11 CPU ms per prediction, but in
+Ray 2.60 the router kept a finished gRPC call counted against its replica for seconds, so the requests
+after it all went to the other replica (BENCHMARKS.md, session 12).
 """
 
 from __future__ import annotations
