@@ -52,6 +52,7 @@ class BackboneInfo:
     std: tuple[float, float, float]
     interpolation: str
     crop_pct: float
+    num_patches: int | None = None  # patch tokens of forward_features; None: not recorded (format 1 files)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -161,6 +162,7 @@ def describe(model: VisionTransformer, spec: BackboneSpec) -> BackboneInfo:
         std=tuple(float(v) for v in data["std"]),
         interpolation=str(data.get("interpolation", "bicubic")),
         crop_pct=float(data.get("crop_pct", 1.0)),
+        num_patches=int(model.patch_embed.num_patches),
     )
 
 

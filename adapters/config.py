@@ -23,6 +23,11 @@ METHODS = ("mosa", "adapter", "lora", "linear")
 # bottleneck adapter, so the runtime sees only three kinds.
 KIND_OF_METHOD = {"mosa": "bottleneck", "adapter": "bottleneck", "lora": "lora", "linear": "head_only"}
 
+# What a task's head reads: "tokens" maps every patch token through a low-rank projection and keeps
+# where it was (adapters/heads.py); "pooled" is a linear map of the backbone's pooled features, the
+# only head of format 1 files, which are still served.
+HEADS = ("tokens", "pooled")
+
 
 def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
     # JSON has no int/bool distinction worth trusting: True is not a rank.
@@ -32,7 +37,7 @@ def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "method": str, "r": int, "scale": (int, float), "dropout": (int, float), "num_experts": int,
     "share": str, "consistency_weight": (int, float), "mask_seed": int, "lora_alpha": (int, float),
-    "target_blocks": (list, tuple, type(None)),
+    "target_blocks": (list, tuple, type(None)), "head": str, "head_rank": int,
 }
 
 
@@ -50,6 +55,8 @@ class AdapterConfig:
     mask_seed: int = 0  # MoSA: the expert masks are reproducible from this seed
     lora_alpha: float = 16.0  # LoRA scaling numerator (scaling = alpha / r)
     target_blocks: tuple[int, ...] | None = None  # None: every block
+    head: str = "tokens"
+    head_rank: int = 16  # "tokens" head: features kept per patch token
 
     def __post_init__(self) -> None:
         for name in ("scale", "dropout", "consistency_weight", "lora_alpha"):
@@ -62,6 +69,10 @@ class AdapterConfig:
             raise AdapterConfigError(f"r must be a positive integer, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head not in HEADS:
+            raise AdapterConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head_rank < 1:
+            raise AdapterConfigError(f"head_rank must be a positive integer, got {self.head_rank}")
         if self.share not in SHARE_MODES:
             raise AdapterConfigError(f"share must be one of {SHARE_MODES}, got {self.share!r}")
         if self.method == "mosa" and not 2 <= self.num_experts <= 255:

@@ -29,9 +29,10 @@ from .atomic_write import write_atomically
 from .backbone import BackboneInfo
 from .config import AdapterConfig, is_finite_number
 from .errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
+from .heads import head_shapes
 
 FORMAT_NAME = "mosaserve-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the head kind and the backbone's patch count; 1 (pooled head only) still loads
 METADATA_KEY = "mosaserve"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
@@ -42,7 +43,12 @@ ADAPTER_FIELDS = {f.name for f in fields(AdapterConfig)}
 BACKBONE_FIELDS = {
     "name": str, "kwargs": dict, "fingerprint": str, "num_features": int, "depth": int,
     "input_size": list, "mean": list, "std": list, "interpolation": str, "crop_pct": (int, float),
+    "num_patches": (int, type(None)),
 }
+# What format 1 lacked; its files are read with the head they had.
+FORMAT_1_ADAPTER_FIELDS = ADAPTER_FIELDS - {"head", "head_rank"}
+FORMAT_1_BACKBONE_FIELDS = {k: v for k, v in BACKBONE_FIELDS.items() if k != "num_patches"}
+FORMAT_1_HEAD = {"head": "pooled"}
 
 Source = Union[str, os.PathLike, bytes]
 
@@ -92,7 +98,7 @@ def expected_shapes(header: AdapterHeader) -> dict[str, tuple[int, ...]]:
             })
         else:  # lora on timm's fused qkv projection: dim -> 3 * dim
             shapes.update({f"blocks.{block}.qkv.lora_a": (r, dim), f"blocks.{block}.qkv.lora_b": (3 * dim, r)})
-    shapes.update({"head.weight": (header.num_classes, dim), "head.bias": (header.num_classes,)})
+    shapes.update(head_shapes(cfg, dim, header.backbone.num_patches or 0, header.num_classes))
     return shapes
 
 
@@ -200,18 +206,19 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
     _require_exact_fields("adapter header", raw, HEADER_FIELDS)
     if raw["format"] != FORMAT_NAME:
         raise AdapterFileError(f"format is {raw['format']!r}, expected {FORMAT_NAME!r}")
-    if raw["format_version"] != FORMAT_VERSION:
-        raise AdapterFileError(f"format_version {raw['format_version']!r} is not supported (this reader: {FORMAT_VERSION})")
+    version = raw["format_version"]
+    if type(version) is not int or version not in (1, FORMAT_VERSION):
+        raise AdapterFileError(f"format_version {version!r} is not supported (this reader: 1 and {FORMAT_VERSION})")
     if not isinstance(raw["adapter"], dict):
         raise AdapterFileError("header field 'adapter' must be an object")
-    _require_exact_fields("adapter config", raw["adapter"], ADAPTER_FIELDS)
+    _require_exact_fields("adapter config", raw["adapter"], ADAPTER_FIELDS if version > 1 else FORMAT_1_ADAPTER_FIELDS)
     try:
-        adapter = AdapterConfig.from_dict(raw["adapter"])
+        adapter = AdapterConfig.from_dict(raw["adapter"] if version > 1 else {**raw["adapter"], **FORMAT_1_HEAD})
     except AdapterConfigError as exc:
         raise AdapterFileError(str(exc)) from exc
     header = AdapterHeader(
         adapter=adapter,
-        backbone=_parse_backbone(raw["backbone"]),
+        backbone=_parse_backbone(raw["backbone"], BACKBONE_FIELDS if version > 1 else FORMAT_1_BACKBONE_FIELDS),
         labels=_parse_labels(raw["labels"], raw["num_classes"]),
         provenance=_parse_provenance(raw["provenance"]),
     )
@@ -226,6 +233,8 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
         # A wider bottleneck adds nothing a full-rank one cannot, and a mixed batch pads every row's
         # adapter to the widest r in it: one huge r would make every batch it joins that large.
         raise AdapterFileError(f"r = {adapter.r} is wider than the backbone ({header.backbone.num_features} features)")
+    if adapter.head == "tokens" and header.backbone.num_patches is None:
+        raise AdapterFileError("a 'tokens' head needs the backbone's num_patches")
     return header, digest
 
 
@@ -245,17 +254,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite_number(value)
 
 
-def _parse_backbone(raw: Any) -> BackboneInfo:
+def _parse_backbone(raw: Any, field_types: dict[str, Any]) -> BackboneInfo:
     if not isinstance(raw, dict):
         raise AdapterFileError("header field 'backbone' must be an object")
-    _require_exact_fields("backbone", raw, set(BACKBONE_FIELDS))
-    for name, expected in BACKBONE_FIELDS.items():
+    _require_exact_fields("backbone", raw, set(field_types))
+    for name, expected in field_types.items():
         if not isinstance(raw[name], expected) or isinstance(raw[name], bool):
             raise AdapterFileError(f"backbone field {name!r} has the wrong type: {raw[name]!r}")
     if not _is_hex_digest(raw["fingerprint"]):
         raise AdapterFileError("backbone fingerprint must be 64 hex characters")
-    if raw["num_features"] < 1 or raw["depth"] < 1:
-        raise AdapterFileError("backbone num_features and depth must be positive")
+    if raw["num_features"] < 1 or raw["depth"] < 1 or (raw.get("num_patches") is not None and raw["num_patches"] < 1):
+        raise AdapterFileError("backbone num_features, depth and num_patches must be positive")
     size = raw["input_size"]
     if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
         raise AdapterFileError(f"backbone input_size must be three positive integers, got {size!r}")
@@ -269,7 +278,7 @@ def _parse_backbone(raw: Any) -> BackboneInfo:
     return BackboneInfo(
         name=raw["name"], kwargs=raw["kwargs"], fingerprint=raw["fingerprint"], num_features=raw["num_features"],
         depth=raw["depth"], input_size=tuple(size), mean=tuple(raw["mean"]), std=tuple(raw["std"]),
-        interpolation=raw["interpolation"], crop_pct=float(raw["crop_pct"]),
+        interpolation=raw["interpolation"], crop_pct=float(raw["crop_pct"]), num_patches=raw.get("num_patches"),
     )
 
 

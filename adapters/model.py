@@ -2,7 +2,7 @@
 
 Tensors exported for the adapter file are the merged, deployable ones, named
 `blocks.{i}.{norm,down,up}.{weight,bias}` (bottleneck), `blocks.{i}.qkv.lora_{a,b}` (LoRA) and
-`head.{weight,bias}`.
+`head.*` (adapters/heads.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .backbone import freeze
 from .bottleneck import BottleneckAdapter
 from .config import AdapterConfig
 from .experts import ExpertSplit
+from .heads import build_head
 from .lora import LoRADelta
 from .mosa import MoSAAdapter
 from .taps import Tap, adding, parallel_mlp_tap, qkv_tap
@@ -51,9 +52,8 @@ class AdaptedViT(nn.Module):
         for index in self.blocks:
             self.adapters[str(index)] = self._build_adapter(index, merged, draw_rng)
             self._taps.append(self._tap(index))
-        self.head = nn.Linear(backbone.num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.num_classes = num_classes
+        self.head = build_head(self.backbone, config, num_classes)
 
     def _build_adapter(self, index: int, merged: bool, draw_rng: random.Random) -> nn.Module:
         cfg, dim = self.config, self.backbone.num_features
@@ -77,7 +77,7 @@ class AdaptedViT(nn.Module):
         return lambda h: self.adapters[key](h)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.backbone.forward_features(images))
 
     def train(self, mode: bool = True) -> "AdaptedViT":
         super().train(mode)

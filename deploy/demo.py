@@ -1,7 +1,8 @@
 """The served demo: the demo backbone plus a few tasks trained on real digits, and sample images to send.
 
 Tasks are trained once (about half a minute each on 2 CPU cores) and kept in `out/demo`; later
-starts reuse them, unless they were trained on another backbone (then they are trained again).
+starts reuse them, unless they were trained on another backbone or with an older kind of head (then
+they are trained again).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..adapters.backbone import load_backbone
+from ..adapters.config import AdapterConfig
 from ..adapters.datasets import load_builtin, train_test_split
 from ..adapters.errors import AdapterFileError
 from ..adapters.file_format import load_adapter
@@ -40,12 +42,11 @@ def prepare_demo(out_dir: Path, epochs: int = 5, progress: bool = True) -> Serve
 
 
 def _fits(path: Path, fingerprint: str) -> bool:
-    """Whether `path` is a valid adapter file for the backbone with this fingerprint."""
+    """Whether `path` is a valid adapter file for the backbone with this fingerprint and today's default head."""
     try:
-        load_adapter(path, fingerprint)
+        return load_adapter(path, fingerprint).header.adapter.head == AdapterConfig().head
     except (OSError, AdapterFileError):
         return False
-    return True
 
 
 def write_samples(folder: Path) -> list[Path]:

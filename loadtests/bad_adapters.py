@@ -157,7 +157,7 @@ class AdapterCases:
                  self.file(lambda h: h["backbone"].update(weights_url="http://example.invalid/w")))
         edits = (
             ("format-name", "format is 'safetensors'", lambda h: h.update(format="safetensors")),
-            ("format-version-2", "format_version 2 is not supported", lambda h: h.update(format_version=2)),
+            ("format-version-3", "format_version 3 is not supported", lambda h: h.update(format_version=3)),
             ("fingerprint-not-hex", "fingerprint must be 64 hex characters",
              lambda h: h["backbone"].update(fingerprint="z" * 64)),
             ("input-size-two-values", "input_size must be three positive integers",
@@ -168,6 +168,13 @@ class AdapterCases:
             ("num-features-string", "'num_features' has the wrong type",
              lambda h: h["backbone"].update(num_features="32")),
             ("depth-zero", "num_features and depth must be positive", lambda h: h["backbone"].update(depth=0)),
+            ("num-patches-zero", "num_patches must be positive", lambda h: h["backbone"].update(num_patches=0)),
+            ("token-head-without-patch-count", "'tokens' head needs the backbone's num_patches",
+             lambda h: h["backbone"].update(num_patches=None)),
+            ("head-unknown-kind", "head must be one of", lambda h: h["adapter"].update(head="cnn")),
+            ("head-rank-zero", "head_rank must be a positive integer", lambda h: h["adapter"].update(head_rank=0)),
+            ("format-1-naming-a-head", "adapter config has unknown fields: ['head', 'head_rank']",
+             lambda h: (h.update(format_version=1), h["backbone"].pop("num_patches"))),
             ("labels-duplicate", "labels must be distinct", lambda h: h.update(labels=["cat", "cat", "dog"])),
             ("label-empty", "labels must be a list of non-empty strings",
              lambda h: h.update(labels=["cat", "", "dog"])),
@@ -224,6 +231,7 @@ class AdapterCases:
 
     def shapes(self) -> None:
         c, dim, r = "adapter-shape", self.info.num_features, self.header.adapter.r
+        head_in = self.info.num_patches * self.header.adapter.head_rank  # what the token head's out layer reads
 
         def put(name: str, value: torch.Tensor):
             return lambda t: t.update({name: value})
@@ -233,25 +241,26 @@ class AdapterCases:
              put("blocks.0.down.weight", torch.zeros(r + 1, dim))),
             ("down-transposed", "'blocks.1.down.weight' has shape (32, 4)",
              put("blocks.1.down.weight", torch.zeros(dim, r))),
-            ("head-four-rows-three-labels", "'head.weight' has shape (4, 32), expected (3, 32)",
-             put("head.weight", torch.zeros(4, dim))),
-            ("head-bias-scalar", "'head.bias' has shape ()", put("head.bias", torch.tensor(0.0))),
+            ("head-four-rows-three-labels", f"'head.out.weight' has shape (4, {head_in}), expected (3, {head_in})",
+             put("head.out.weight", torch.zeros(4, head_in))),
+            ("head-bias-scalar", "'head.out.bias' has shape ()", put("head.out.bias", torch.tensor(0.0))),
             ("norm-flattened", "'blocks.2.norm.weight' has shape (1, 32)",
              put("blocks.2.norm.weight", torch.ones(1, dim))),
-            ("missing-head-bias", "missing tensors: ['head.bias']", lambda t: t.pop("head.bias")),
+            ("missing-head-bias", "missing tensors: ['head.out.bias']", lambda t: t.pop("head.out.bias")),
             ("missing-block-up", "missing tensors: ['blocks.1.up.weight']", lambda t: t.pop("blocks.1.up.weight")),
             ("extra-block", "unexpected tensors: ['blocks.9.up.weight']",
              put("blocks.9.up.weight", torch.zeros(dim, r))),
             ("extra-lora-tensor", "unexpected tensors: ['blocks.0.qkv.lora_a']",
              put("blocks.0.qkv.lora_a", torch.zeros(r, dim))),
-            ("dtype-int32", "has dtype torch.int32", put("head.bias", torch.zeros(3, dtype=torch.int32))),
-            ("dtype-float64", "has dtype torch.float64", put("head.bias", torch.zeros(3, dtype=torch.float64))),
-            ("dtype-uint8", "has dtype torch.uint8", put("head.weight", torch.zeros(3, dim, dtype=torch.uint8))),
+            ("dtype-int32", "has dtype torch.int32", put("head.out.bias", torch.zeros(3, dtype=torch.int32))),
+            ("dtype-float64", "has dtype torch.float64", put("head.out.bias", torch.zeros(3, dtype=torch.float64))),
+            ("dtype-uint8", "has dtype torch.uint8", put("head.out.weight", torch.zeros(3, head_in, dtype=torch.uint8))),
         )
         for name, fragment, edit in edits:
             self.add(name, c, 422, fragment, self.file(edit_tensors=edit))
         five = AdapterHeader(self.header.adapter, self.info, ("a", "b", "c", "d", "e"))
-        self.add("five-labels-three-class-head", c, 422, "'head.weight' has shape (3, 32), expected (5, 32)",
+        self.add("five-labels-three-class-head", c, 422,
+                 f"'head.out.weight' has shape (3, {head_in}), expected (5, {head_in})",
                  self.file(lambda h: h.update(num_classes=5, labels=list(five.labels))), note="wrong class count")
 
     def non_finite(self) -> None:
@@ -264,10 +273,10 @@ class AdapterCases:
             return edit
 
         for name, tensor, value, dtype in (("nan-up", "blocks.1.up.weight", float("nan"), torch.float32),
-                                           ("inf-head", "head.weight", float("inf"), torch.float32),
+                                           ("inf-head", "head.out.weight", float("inf"), torch.float32),
                                            ("minus-inf-norm-bias", "blocks.0.norm.bias", float("-inf"), torch.float32),
                                            ("nan-float16", "blocks.2.down.weight", float("nan"), torch.float16),
-                                           ("inf-bfloat16", "head.bias", float("inf"), torch.bfloat16)):
+                                           ("inf-bfloat16", "head.out.bias", float("inf"), torch.bfloat16)):
             self.add(name, c, 422, f"tensor '{tensor}' holds NaN or infinite values",
                      self.file(edit_tensors=poke(tensor, value, dtype)))
         for field, value in (("scale", float("nan")), ("scale", float("inf")), ("consistency_weight", float("nan")),
@@ -287,7 +296,7 @@ class AdapterCases:
         self.add("digest-of-other-content", c, 422, "does not match the recorded sha256",
                  self.file(lambda h: h.update(content_sha256="ab" * 32)))
         self.add("tensor-edited-digest-kept", c, 422, "does not match the recorded sha256",
-                 self.file(edit_tensors=lambda t: t["head.bias"].add_(1.0), redigest=False))
+                 self.file(edit_tensors=lambda t: t["head.out.bias"].add_(1.0), redigest=False))
         self.add("truncated-tensor-data", c, 422, "corrupt safetensors data", valid[:-100])
         self.add("truncated-in-header", c, 422, "header length field says", valid[:200])
         self.add("trailing-garbage", c, 422, "corrupt safetensors data", valid + b"\0" * 64)
@@ -313,7 +322,7 @@ class AdapterCases:
         """Bad files PUT over the registered task: each must leave its served version as it was."""
         c, task = "adapter-replacement", self.registered_task
         self.add("replace-with-nan", c, 422, "holds NaN or infinite values",
-                 self.file(edit_tensors=lambda t: t["head.weight"].fill_(float("nan"))), task=task)
+                 self.file(edit_tensors=lambda t: t["head.out.weight"].fill_(float("nan"))), task=task)
         self.add("replace-with-other-backbone", c, 422, "weights fingerprint",
                  self.file(header=AdapterHeader(self.header.adapter, self.other_info, LABELS)), task=task)
         self.add("replace-with-pickle", c, 422, NOT_SAFETENSORS, pickle.dumps(Exploit()), task=task)

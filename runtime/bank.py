@@ -63,6 +63,10 @@ def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
             f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
             f"but the served backbone has {info.depth} x {info.num_features}"
         )
+    if adapter.header.adapter.head == "tokens" and claimed.num_patches != info.num_patches:
+        raise BackboneMismatchError(
+            f"adapter head reads {claimed.num_patches} patch tokens, but the served backbone has {info.num_patches}"
+        )
     if adapter.header.adapter.kind not in SERVABLE_KINDS:
         raise AdapterFileError(f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches")
 

@@ -9,7 +9,9 @@ projection, see `FoldedBottlenecks`), then computes the adapters of its rows one
   (the Punica/S-LoRA idea for bottleneck adapters). Rows without an adapter get zero weights.
 `strategy="auto"` uses gathered from `gather_from_tasks` distinct tasks on, grouped below (None:
 always grouped). `mosaserve bench runtime` measures both (BENCHMARKS.md).
-Rows of the bare backbone (task None) get no adapter and return pooled features instead of logits.
+Each task's head reads the final tokens (`TokenMapWeights`, normalised once for the batch) or, for
+format 1 files, the backbone's pooled features. Rows of the bare backbone (task None) get no adapter
+and return pooled features instead of logits.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class BatchTimings:
     """Measured on the batch itself: task-specific work (adapter branches and heads) vs the rest."""
 
     total_s: float
-    adapter_s: float
+    adapter_s: float  # adapter branches and heads
+    head_s: float = 0.0  # the heads alone (part of adapter_s)
 
     @property
     def backbone_s(self) -> float:
@@ -150,24 +153,38 @@ class MixedTaskExecutor:
             self._plan, self._clock = plan, clock
             try:
                 with clock.section("total"):
-                    features = self.backbone(images.to(self.bank.device, self.bank.dtype))
-                    with clock.section("adapter"):
-                        results = self._heads(plan, features, task_ids)
+                    tokens = self.backbone.forward_features(images.to(self.bank.device, self.bank.dtype))
+                    with clock.section("adapter"), clock.section("head"):
+                        results = self._heads(plan, tokens, task_ids)
             finally:
                 self._plan, self._clock = None, None
         seconds = clock.seconds()
-        return results, BatchTimings(seconds["total"], seconds.get("adapter", 0.0))
+        return results, BatchTimings(seconds["total"], seconds.get("adapter", 0.0), seconds.get("head", 0.0))
 
-    def _heads(self, plan: BatchPlan, features: Tensor, task_ids: list[str | None]) -> list[RowResult]:
+    def _heads(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> list[RowResult]:
+        inputs = {"pooled": self._pooled(plan, tokens, task_ids), "tokens": self._normed_patches(plan, tokens)}
         results: list[RowResult | None] = [None] * len(task_ids)
         for group in plan.groups:
-            logits = F.linear(features.index_select(0, group.rows), group.adapter.head_weight, group.adapter.head_bias)
+            logits = group.adapter.head(inputs[group.adapter.head.reads].index_select(0, group.rows))
             for row, row_logits in zip(group.rows_on_host, logits):
                 results[row] = RowResult(group.adapter.task_id, group.adapter.version, row_logits)
         for row, task_id in enumerate(task_ids):
             if task_id is None:
-                results[row] = RowResult(None, None, features[row])
+                results[row] = RowResult(None, None, inputs["pooled"][row])
         return results  # type: ignore[return-value]
+
+    def _pooled(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> Tensor | None:
+        """The backbone's own pooled features, where a bare row or a format 1 head reads them."""
+        if None in task_ids or any(g.adapter.head.reads == "pooled" for g in plan.groups):
+            return self.backbone.forward_head(tokens, pre_logits=True)
+        return None
+
+    def _normed_patches(self, plan: BatchPlan, tokens: Tensor) -> Tensor | None:
+        """The patch tokens normalised without affine, once for every token head of the batch."""
+        if not any(g.adapter.head.reads == "tokens" for g in plan.groups):
+            return None
+        patches = tokens[:, self.backbone.num_prefix_tokens :]
+        return F.layer_norm(patches, patches.shape[-1:], self._unit_scale, eps=LAYER_NORM_EPS)
 
     def _block_update_fn(self, block: int):
         return lambda h, out: self._block_update(block, h, out)

@@ -40,6 +40,11 @@ class FoldedBottlenecks:
         return FoldedBottlenecks(F.pad(self.down, (0, extra)), F.pad(self.down_bias, (0, extra)), up, self.blocks)
 
 
+def fold_norm_into(weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A LayerNorm's affine folded into the linear map after it: Linear(LN(x)) = n(x) @ W' + b', n without affine."""
+    return (weight * norm_weight).t(), bias + weight @ norm_bias
+
+
 def fold_bottlenecks(tensors: dict[str, Tensor], blocks: tuple[int, ...], depth: int, scale: float) -> FoldedBottlenecks:
     down_weight = tensors[f"blocks.{blocks[0]}.down.weight"]
     r, dim = down_weight.shape
@@ -47,9 +52,8 @@ def fold_bottlenecks(tensors: dict[str, Tensor], blocks: tuple[int, ...], depth:
     down_bias = down_weight.new_zeros(depth, 1, r)
     up = down_weight.new_zeros(depth, r + 1, dim)
     for b in blocks:
-        w, norm_w, norm_b = (tensors[f"blocks.{b}.{n}"] for n in ("down.weight", "norm.weight", "norm.bias"))
-        down[b] = (w * norm_w).t()
-        down_bias[b, 0] = tensors[f"blocks.{b}.down.bias"] + w @ norm_b
+        down[b], down_bias[b, 0] = fold_norm_into(*(tensors[f"blocks.{b}.{n}"] for n in
+                                                    ("down.weight", "down.bias", "norm.weight", "norm.bias")))
         up[b, :r] = scale * tensors[f"blocks.{b}.up.weight"].t()
         up[b, r] = scale * tensors[f"blocks.{b}.up.bias"]
     return FoldedBottlenecks(down, down_bias, up, frozenset(blocks))
@@ -68,17 +72,60 @@ class LoRAWeights:
 
 
 @dataclass(frozen=True)
+class PooledHeadWeights:
+    """A format 1 head: a linear map of the backbone's pooled features."""
+
+    weight: Tensor  # (C, D)
+    bias: Tensor  # (C,)
+    reads = "pooled"
+
+    def __call__(self, pooled: Tensor) -> Tensor:
+        return F.linear(pooled, self.weight, self.bias)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.weight, self.bias]
+
+
+@dataclass(frozen=True)
+class TokenMapWeights:
+    """A token-map head with its LayerNorm affine folded into `down`, so a batch normalises its tokens once."""
+
+    down: Tensor  # (D, k)
+    down_bias: Tensor  # (k,)
+    out_weight: Tensor  # (C, N * k)
+    out_bias: Tensor  # (C,)
+    reads = "tokens"
+
+    def __call__(self, normed_patches: Tensor) -> Tensor:
+        return F.linear(torch.addmm(self.down_bias, normed_patches.flatten(0, 1), self.down)
+                        .view(len(normed_patches), -1), self.out_weight, self.out_bias)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.down, self.down_bias, self.out_weight, self.out_bias]
+
+
+def resident_head(tensors: dict[str, Tensor], config: AdapterConfig, device: torch.device,
+                  dtype: torch.dtype) -> PooledHeadWeights | TokenMapWeights:
+    if config.head == "pooled":
+        return PooledHeadWeights(*(tensors[f"head.{n}"].to(device=device, dtype=dtype) for n in ("weight", "bias")))
+    # Folded in float64, as the bottlenecks are.
+    down = fold_norm_into(*(tensors[f"head.{n}"].to(torch.float64) for n in
+                            ("down.weight", "down.bias", "norm.weight", "norm.bias")))
+    folded = (*down, tensors["head.out.weight"], tensors["head.out.bias"])
+    return TokenMapWeights(*(t.to(device=device, dtype=dtype).contiguous() for t in folded))
+
+
+@dataclass(frozen=True)
 class ResidentAdapter:
     task_id: str
     version: int
     bottlenecks: FoldedBottlenecks | None  # MoSA and standard adapters; None for LoRA and head-only tasks
-    head_weight: Tensor  # (C, D)
-    head_bias: Tensor  # (C,)
+    head: PooledHeadWeights | TokenMapWeights
     qkv: dict[int, LoRAWeights] = field(default_factory=dict)  # LoRA updates by block
 
     @property
     def num_bytes(self) -> int:
-        tensors = [self.head_weight, self.head_bias] + [t for q in self.qkv.values() for t in (q.lora_a, q.lora_b)]
+        tensors = self.head.tensors() + [t for q in self.qkv.values() for t in (q.lora_a, q.lora_b)]
         if self.bottlenecks is not None:
             tensors += [self.bottlenecks.down, self.bottlenecks.down_bias, self.bottlenecks.up]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -99,5 +146,4 @@ def make_resident(task_id: str, version: int, tensors: dict[str, Tensor], config
         moved = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
         lora = {b: LoRAWeights(moved[f"blocks.{b}.qkv.lora_a"], moved[f"blocks.{b}.qkv.lora_b"],
                                config.lora_alpha / config.r) for b in blocks}
-    head = [tensors[f"head.{n}"].to(device=device, dtype=dtype) for n in ("weight", "bias")]
-    return ResidentAdapter(task_id, version, bottlenecks, *head, lora)
+    return ResidentAdapter(task_id, version, bottlenecks, resident_head(tensors, config, device, dtype), lora)

@@ -141,8 +141,8 @@ def test_wrong_shape_is_named(tiny_backbone):
 
 def test_missing_and_extra_tensors_are_named(tiny_backbone):
     raw, tensors = valid_parts(tiny_backbone)
-    del tensors["head.bias"]
-    with pytest.raises(AdapterFileError, match="missing tensors: \\['head.bias'\\]"):
+    del tensors["head.out.bias"]
+    with pytest.raises(AdapterFileError, match="missing tensors: \\['head.out.bias'\\]"):
         load_adapter(craft(raw, tensors))
     raw, tensors = valid_parts(tiny_backbone)
     tensors["blocks.9.up.weight"] = torch.zeros(1)
@@ -152,7 +152,7 @@ def test_missing_and_extra_tensors_are_named(tiny_backbone):
 
 def test_wrong_dtype_and_class_count_are_refused(tiny_backbone):
     raw, tensors = valid_parts(tiny_backbone)
-    tensors["head.bias"] = tensors["head.bias"].to(torch.int32)
+    tensors["head.out.bias"] = tensors["head.out.bias"].to(torch.int32)
     with pytest.raises(AdapterFileError, match="dtype"):
         load_adapter(craft(raw, tensors))
     raw, tensors = valid_parts(tiny_backbone)

@@ -161,4 +161,4 @@ def test_any_json_value_in_any_header_field_raises_adapter_file_error_only(info,
         return
     cfg = loaded.header.adapter
     assert all(math.isfinite(v) for v in (cfg.scale, cfg.dropout, cfg.lora_alpha, cfg.consistency_weight))
-    assert loaded.tensors["head.weight"].shape[0] == loaded.header.num_classes == len(loaded.header.labels)
+    assert loaded.tensors["head.out.weight"].shape[0] == loaded.header.num_classes == len(loaded.header.labels)

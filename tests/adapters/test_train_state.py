@@ -80,7 +80,7 @@ def test_a_checkpoint_after_the_last_epoch_resumes_to_no_more_training(backbone,
     model = fresh_model(backbone, "mosa", seed=5)
     result = train_adapter(model, *data, cfg, progress=False, resume=states[-1])
     assert result.steps == 6 and len(result.epoch_losses) == 2 and not model.training
-    assert torch.equal(model.head.weight, states[-1].trainable["head.weight"])
+    assert torch.equal(model.head.out.weight, states[-1].trainable["head.out.weight"])
 
 
 def test_a_checkpoint_resumes_only_its_own_run(backbone, data, tmp_path):

@@ -148,7 +148,7 @@ def test_a_task_whose_outputs_overflow_answers_500_while_its_batch_mates_are_ser
 
     model = random_model(copy.deepcopy(service.backbone), seed=62)
     with torch.no_grad():
-        model.head.weight.fill_(3e38)  # finite, so the file is valid, but its logits overflow
+        model.head.out.weight.fill_(3e38)  # finite, so the file is valid, but its logits overflow
     assert service.put("overflowing", adapter_bytes(model, service.info)).status_code in (200, 201)
     assert service.put("steady-mate", service.adapter(seed=63)[0]).status_code in (200, 201)
     image, replies = png(), {}

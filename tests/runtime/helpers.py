@@ -10,9 +10,10 @@ from mosaserve.adapters.model import AdaptedViT
 
 
 def random_model(backbone, seed: int, method: str = "mosa", r: int = 4, classes: int = 3,
-                 target_blocks=None) -> AdaptedViT:
+                 target_blocks=None, head: str = "tokens") -> AdaptedViT:
     torch.manual_seed(seed)
-    model = AdaptedViT(backbone, AdapterConfig(method=method, r=r, target_blocks=target_blocks), classes).eval()
+    config = AdapterConfig(method=method, r=r, target_blocks=target_blocks, head=head, head_rank=3)
+    model = AdaptedViT(backbone, config, classes).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -22,7 +23,7 @@ def random_model(backbone, seed: int, method: str = "mosa", r: int = 4, classes:
 
 
 def adapter_bytes(model: AdaptedViT, info) -> bytes:
-    labels = tuple(f"class{i}" for i in range(model.head.out_features))
+    labels = tuple(f"class{i}" for i in range(model.num_classes))
     return encode_adapter(AdapterHeader(model.config, info, labels), model.export_tensors())
 
 

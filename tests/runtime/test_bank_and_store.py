@@ -231,7 +231,7 @@ def test_a_task_whose_finite_weights_overflow_fails_only_its_own_rows_with_a_cle
     runtime = TaskRuntime(RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path)))
     model = random_model(copy.deepcopy(backbone), seed=5)
     with torch.no_grad():
-        model.head.weight.fill_(3e38)  # finite, so the file is valid, but the logits overflow to Inf
+        model.head.out.weight.fill_(3e38)  # finite, so the file is valid, but the logits overflow to Inf
     runtime.register("huge", adapter_bytes(model, info))
     image = torch.full((3, 20, 20), 128, dtype=torch.uint8)
     runtime.register("sound", adapter_bytes(random_model(copy.deepcopy(backbone), seed=6), info))

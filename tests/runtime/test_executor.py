@@ -11,11 +11,12 @@ from mosaserve.runtime.executor import MixedTaskExecutor
 
 from .helpers import adapter_file, random_model
 
-# Tasks with different class counts, ranks, target blocks, a head-only (linear probe) task and LoRA tasks.
+# Tasks with different class counts, ranks, target blocks, a head-only (linear probe) task, LoRA tasks and
+# format 1's head on the pooled features ("e", "d" and "g" read the pooled features, the rest every token).
 TASKS = {
     "a": dict(seed=1, classes=3), "b": dict(seed=2, classes=5, r=8), "c": dict(seed=3, classes=2, target_blocks=(1,)),
-    "d": dict(seed=4, classes=4, method="linear"), "e": dict(seed=5, classes=7),
-    "f": dict(seed=6, classes=3, method="lora"), "g": dict(seed=7, classes=2, method="lora", r=2, target_blocks=(0, 2)),
+    "d": dict(seed=4, classes=4, method="linear", head="pooled"), "e": dict(seed=5, classes=7, head="pooled"),
+    "f": dict(seed=6, classes=3, method="lora"), "g": dict(seed=7, classes=2, method="lora", r=2, target_blocks=(0, 2), head="pooled"),
 }
 
 
@@ -92,5 +93,7 @@ def test_a_bfloat16_bank_serves_each_row_as_its_float32_task_alone_within_bfloat
     results = executor.run(images, task_ids)
     for result, want in zip(results, expected):
         assert result.output.dtype == torch.bfloat16
-        # bfloat16 keeps 8 significant bits: a row computed with another task's adapter is off by O(1).
-        torch.testing.assert_close(result.output.float(), want, rtol=0.05, atol=0.05)
+        # bfloat16 keeps 8 significant bits; a token head sums a few hundred rounded terms, so the error is
+        # measured against the row's own scale. A row computed with another task's adapter is off by O(scale).
+        error, scale = (result.output.float() - want).abs().max(), want.abs().max()
+        assert error <= 0.1 * max(scale, 1.0), (result.task_id, float(error), float(scale))
