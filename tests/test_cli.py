@@ -59,6 +59,8 @@ def test_bench_runtime_writes_every_scenario_as_a_ratio_to_the_backbone(tmp_path
         row = rows[label]
         assert row["images_per_s"] > 0 and row["ratio_low"] <= row["ratio_to_backbone"] <= row["ratio_high"]
         assert 0 < row["adapter_time_share"] < 1 if label in executor_rows else row["adapter_time_share"] != row["adapter_time_share"]
+        if label in executor_rows[1:]:  # every task row has a head, timed inside the adapters' share
+            assert 0 < row["head_time_share"] < row["adapter_time_share"]
     # Two full copies of the 5.7M-parameter ViT, in float32.
     assert rows["baseline: one model per task (2 tasks)"]["weights_bytes"] > 2 * 5_000_000 * 4
     assert "| all rows distinct [gathered] |" in done.stdout  # the readable table
