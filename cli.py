@@ -115,7 +115,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .adapters.embedded import EMBEDDED_ARCHITECTURE, EMBEDDED_CHECKPOINT
     from .adapters.pretraining import PretrainConfig, pretrain, save_embedded
 
-    cfg = PretrainConfig(epochs=args.epochs, seed=args.seed)
+    cfg = PretrainConfig(epochs=args.epochs, seed=args.seed, device=args.device)
     report = lambda row: print(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "  # noqa: E731
                                f"val acc {row['val_accuracy']:.2%}  {row['seconds']:.0f} s", flush=True)
     backbone, result = pretrain(EMBEDDED_ARCHITECTURE, load_animal_mnist(), cfg, on_epoch=report)
@@ -125,10 +125,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .adapters.embedded import EMBEDDED_BACKBONE
     from .adapters.quality import format_quality, run_quality
 
+    spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
     rows = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
-                       _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out))
+                       _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec)
     print(format_quality(rows))
     print(f"\nwritten: {args.out}")
     return 0
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--token", help="admin token for --register (default: the MOSASERVE_ADMIN_TOKEN variable)")
     train.add_argument("--task-id", help="task id to register (default: the file name, e.g. mnist-mosa)")
     train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
-    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--epochs", type=int, help="default: 10, or more for a small dataset to take 200 steps")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=3407)
@@ -238,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain-backbone", help="rebuild the embedded default backbone (needs animal-mnist)")
     pre.add_argument("--epochs", type=int, default=15)
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--device", default="cpu", help="cpu, or cuda for a larger run where a GPU is lent")
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")
     pre.set_defaults(func=_pretrain)
     results = sub.add_parser("results", help="the quality table (RESULTS.md): methods x tasks x budgets x seeds")
@@ -245,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--budgets", default="1000,100", help="training images per task")
     results.add_argument("--methods", default="linear,adapter,lora,mosa")
     results.add_argument("--seeds", default="0,1,2")
-    results.add_argument("--epochs", type=int, default=10)
+    results.add_argument("--epochs", type=int, help="default: the training default (10, or 200 steps at least)")
     results.add_argument("--test-size", type=int, default=500)
     results.add_argument("--out", default="out/results/quality.json")
+    results.add_argument("--backbone", help="weights of the embedded layout to measure instead, e.g. a "
+                                            "pretrain-backbone --out file (default: the embedded backbone)")
     results.set_defaults(func=_results)
     _add_loadtest(sub)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")

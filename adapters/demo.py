@@ -34,7 +34,7 @@ def run_demo(
     dataset: str = "mnist",
     train_size: int = 1000,
     test_size: int = 1000,
-    train_cfg: TrainConfig = TrainConfig(epochs=10),
+    train_cfg: TrainConfig = TrainConfig(),
     progress: bool = True,
     backbone_spec: BackboneSpec = DEMO_BACKBONE,
 ) -> list[DemoRow]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .augment import random_shift
 from .backbone import BackboneSpec, build_model, describe
 from .datasets import ImageDataset, train_test_split
 from .preprocess import Preprocessor
@@ -39,6 +40,7 @@ class PretrainConfig:
     max_shift: int = 3  # pixels of random translation
     val_size: int = 1000
     seed: int = 0
+    device: str = "cpu"  # "cuda" for a larger run where a GPU is lent
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,8 @@ class PretrainResult:
 
 def augment(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Random translation (zero padding) and horizontal flip of uint8 images (N, C, H, W)."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)).tolist()
-    shifted = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    flip = torch.rand(n, generator=generator) < 0.5
+    shifted = random_shift(images, max_shift, generator, mode="constant")
+    flip = torch.rand(len(images), generator=generator) < 0.5
     shifted[flip] = shifted[flip].flip(-1)
     return shifted
 
@@ -66,8 +65,9 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
     model = build_model(spec)
     model.reset_classifier(len(data.class_names))
     prep = Preprocessor(describe(model, spec))
+    model.to(cfg.device)
     train, val = train_test_split(data, len(data) - cfg.val_size, cfg.val_size, seed=cfg.seed)
-    val_x = prep(val.images)
+    val_x, val_y, train_y = prep(val.images).to(cfg.device), val.labels.to(cfg.device), train.labels.to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -80,20 +80,20 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
         total = 0.0
         for start in range(0, len(train), cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            x = prep(augment(train.images[rows], cfg.max_shift, generator))
-            loss = F.cross_entropy(model(x), train.labels[rows], label_smoothing=cfg.label_smoothing)
+            x = prep(augment(train.images[rows], cfg.max_shift, generator)).to(cfg.device)
+            loss = F.cross_entropy(model(x), train_y[rows.to(cfg.device)], label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(rows)
         with torch.inference_mode():
-            val_acc = accuracy(model, val_x, val.labels)
+            val_acc = accuracy(model, val_x, val_y)
         history.append({"epoch": epoch + 1, "loss": total / len(train), "val_accuracy": val_acc,
                         "seconds": time.perf_counter() - began})
         if on_epoch is not None:
             on_epoch(history[-1])
-    backbone = copy.deepcopy(model)
+    backbone = copy.deepcopy(model).to("cpu")
     backbone.reset_classifier(0)
     return backbone.eval(), PretrainResult(history[-1]["val_accuracy"], time.perf_counter() - began, history)
 

@@ -56,7 +56,7 @@ def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, tes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch,
                            resume=resume, on_checkpoint=on_checkpoint)
-    provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs, "seed": cfg.seed}
+    provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs_for(len(train)), "seed": cfg.seed}
     file_bytes = encode_adapter(AdapterHeader(config, info, train.class_names, provenance), model.export_tensors())
     served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))
     return TrainedTask(file_bytes, trainable, result.seconds, accuracy(served, prep(test.images), test.labels),

@@ -13,36 +13,48 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .augment import random_shift
 from .errors import AdapterConfigError
 from .model import AdaptedViT
 from .optim import ExpertAdamW
 from .train_state import TrainState, capture_train_state, restore_train_state
 
 OPTIMIZERS = ("expert-adamw", "adamw")
+DEFAULT_EPOCHS = 10
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults follow the official MoSA scripts (AdamW eps 1e-6, wd 0.01, warm-up + cosine, seed 3407)."""
 
-    epochs: int = 10
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or more for a small dataset to take `min_steps` steps
     batch_size: int = 64
     lr: float = 5e-3
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
     seed: int = 3407
     label_smoothing: float = 0.0
+    max_shift: int = 2  # random translation of each training image by up to this many pixels
+    # The default schedule's least number of steps: 10 epochs of 100 images at batch 64 are only 20.
+    min_steps: int = 200
     # "expert-adamw" steps split tensors exactly as K separate expert copies; "adamw" is torch's
     # dense AdamW (see adapters/optim.py for where the two differ).
     optimizer: str = "expert-adamw"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise AdapterConfigError("epochs and batch_size must be positive")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise AdapterConfigError("lr must be positive; weight_decay and warmup_epochs non-negative")
+        if self.lr <= 0 or min(self.weight_decay, self.warmup_epochs, self.max_shift, self.min_steps) < 0:
+            raise AdapterConfigError("lr must be positive; weight_decay, warmup_epochs, max_shift and min_steps "
+                                     "non-negative")
         if self.optimizer not in OPTIMIZERS:
             raise AdapterConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+    def epochs_for(self, examples: int) -> int:
+        """The epochs a run over `examples` images takes: `epochs` as given, else the default schedule."""
+        if self.epochs is not None:
+            return self.epochs
+        return max(DEFAULT_EPOCHS, math.ceil(self.min_steps / math.ceil(examples / self.batch_size)))
 
 
 @dataclass
@@ -129,17 +141,17 @@ def train_adapter(
     else:
         restore_train_state(resume, model, optimizer, shuffle, run)
         result = TrainResult(list(resume.epoch_losses), 0.0, resume.steps)
-    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    steps_per_epoch, epochs = math.ceil(len(labels) / cfg.batch_size), cfg.epochs_for(len(labels))
+    total, warmup = epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=total, initial=result.steps, disable=not progress, desc=f"train {model.config.method}",
                unit="step")
     # The schedule is a pure function of the global step, so a resumed run needs only the step count.
     lr_factor = partial(warmup_cosine, total_steps=total, warmup_steps=warmup)
-    for epoch in range(len(result.epoch_losses), cfg.epochs):
+    for epoch in range(len(result.epoch_losses), epochs):
         order = torch.randperm(len(labels), generator=shuffle)
-        loss = _train_epoch(model, optimizer, images, labels, order, cfg, result, lr_factor, bar)
+        loss = _train_epoch(model, optimizer, images, labels, order, cfg, result, lr_factor, bar, shuffle)
         result.epoch_losses.append(loss)
         if on_checkpoint is not None:
             on_checkpoint(capture_train_state(model, optimizer, shuffle, result.epoch_losses, result.steps, run))
@@ -152,12 +164,15 @@ def train_adapter(
 
 
 def _train_epoch(model: AdaptedViT, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, order: Tensor,
-                 cfg: TrainConfig, result: TrainResult, lr_factor: Callable[[int], float], bar: tqdm) -> float:
-    """One pass over `order`; returns the epoch's mean loss. The learning rate is a function of the global step."""
+                 cfg: TrainConfig, result: TrainResult, lr_factor: Callable[[int], float], bar: tqdm,
+                 shuffle: torch.Generator) -> float:
+    """One pass over `order`; returns the epoch's mean loss. The learning rate is a function of the global step.
+    Shifts are drawn from the batch-order generator, which a checkpoint keeps."""
     running = 0.0
     for first in range(0, len(labels), cfg.batch_size):
         batch = order[first : first + cfg.batch_size]
-        loss = task_loss(model, images[batch], labels[batch], cfg.label_smoothing)
+        shifted = random_shift(images[batch], cfg.max_shift, shuffle)
+        loss = task_loss(model, shifted, labels[batch], cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         set_learning_rate(optimizer, cfg.lr * lr_factor(result.steps))

@@ -47,12 +47,13 @@ def run_job(job: JobStatus, request: TrainRequest, records: JobRecords, backbone
     """Trains (or resumes) the job's adapter. `on_epoch_end(seconds, loss)` is for metrics."""
     resume = _checkpoint_to_resume(job, records)
     train, test = _load_split(job, request, info, resuming=resume is not None)
+    cfg = TrainConfig(epochs=request.epochs, lr=request.lr, seed=request.seed)
+    job.epochs = cfg.epochs_for(len(train))  # the default schedule gives a small dataset more epochs
     records.save(request, job)
 
     def save_checkpoint(state: TrainState) -> None:
         records.save_checkpoint(job.job_id, state)
 
-    cfg = TrainConfig(epochs=request.epochs, lr=request.lr, seed=request.seed)
     on_epoch = _epoch_end_handler(job, request, records, on_epoch_end)
     trained = train_task(backbone, info, train, test, request.method, cfg, on_epoch=on_epoch, resume=resume,
                          on_checkpoint=save_checkpoint)

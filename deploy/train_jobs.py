@@ -31,7 +31,7 @@ class TrainRequest:
     task_id: str
     dataset: str  # resolved: a built-in name, or folder:/abs/path, list:/abs/path
     method: str = "mosa"
-    epochs: int = 10
+    epochs: int | None = None  # None: the default schedule (TrainConfig)
     train_size: int = 1000
     test_size: int = 200
     lr: float = 5e-3
@@ -44,7 +44,7 @@ class JobStatus:
     task_id: str
     method: str
     dataset: str
-    epochs: int
+    epochs: int | None  # as asked; once running, the epochs the job takes
     state: str = "queued"  # queued -> running -> succeeded | failed | cancelled
     epoch: int = 0
     loss: float | None = None

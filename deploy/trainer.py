@@ -108,7 +108,7 @@ class TrainingSidecar:
         with self._transitions:
             if job.state == "queued":
                 self._finish(job, "cancelled")
-            elif job.state == "running" and not job.cancel_requested and job.epoch < job.epochs:
+            elif job.state == "running" and not job.cancel_requested and (job.epochs is None or job.epoch < job.epochs):
                 # Past its last epoch the job is being evaluated and registered: it goes live, and says so by
                 # leaving cancel_requested false rather than promising a cancel it would not make.
                 job.cancel_requested = True

@@ -63,10 +63,33 @@ def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
 
     rows = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter", "lora"), (0, 1), epochs=1, test_size=30,
                        out=tmp_path / "q.json", spec=TINY_VIT, r=8)
-    assert len(rows) == 2 * 4 * 2 and {r["train_images"] for r in rows} == {40, 10}
+    assert len(rows) == 2 * (4 * 2 + 1) and {r["train_images"] for r in rows} == {40, 10}
     params = {r["method"]: r["trainable_params"] for r in rows}
+    # The pixel baseline, once per budget on the same images: 8x8 pixels and a bias per class it saw.
+    pixel_rows = [r for r in rows if r["method"] == "pixel logistic regression"]
+    assert [r["train_images"] for r in pixel_rows] == [40, 10]
+    assert all(r["trainable_params"] % 65 == 0 and 0 < r["test_accuracy"] <= 1 for r in pixel_rows)
     assert params["mosa"] == params["adapter"] > params["linear"]  # MoSA and the adapter: equal parameters
     assert abs(params["lora"] - params["adapter"]) / params["adapter"] < 0.15  # LoRA at rank r/2: about as many
     table = format_quality(rows)
-    assert "| digits | 40 | mosa | 8 |" in table and "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
+    assert "| digits | 40 | pixel logistic regression | - |" in table and "| digits | 40 | mosa | 8 |" in table and "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
     assert (tmp_path / "q.json").exists()
+
+
+def test_pixel_logistic_regression_is_the_baseline_a_skeptic_would_ask_for():
+    """scikit-learn's LogisticRegression(C=1.0) on raw 8x8 digits: well above chance, the same on every call."""
+    from mosaserve.adapters.pixel_baseline import pixel_logistic_regression
+
+    train, test = train_test_split(load_builtin("digits"), 1000, 500, seed=0)
+    first, again = pixel_logistic_regression(train, test), pixel_logistic_regression(train, test)
+    assert 0.93 < first.test_accuracy < 0.99 and first.test_accuracy == again.test_accuracy
+    assert first.params == 10 * 64 + 10
+
+
+def test_the_default_schedule_gives_a_small_dataset_enough_steps_and_keeps_asked_epochs():
+    default = TrainConfig()
+    assert default.epochs_for(10_000) == 10 and default.epochs_for(1000) == 13  # 16 steps an epoch
+    assert default.epochs_for(100) == 100  # 2 steps an epoch: 200 steps
+    assert TrainConfig(epochs=3).epochs_for(100) == 3 and TrainConfig(min_steps=0).epochs_for(100) == 10
+    with pytest.raises(AdapterConfigError):
+        TrainConfig(max_shift=-1)
