@@ -15,10 +15,11 @@ Where this differs numerically from K copies (see also `ExpertAdamW`):
 - Elements outside an expert's mask stay at `init` here. In the K-copy code the optimizer's
   decoupled weight decay still shrinks them whenever that copy is stepped; for a zero-initialised
   matrix (Up) both agree, for a split Down the K-copy experts drift towards zero outside their mask.
-- With a stock dense AdamW on `weight`, elements of inactive experts keep moving on their
-  momentum and their moments decay every step; in the K-copy code an inactive copy has no
-  gradient and is skipped. `ExpertAdamW` steps only the active experts' elements, with a step
-  count per expert, which reproduces the K-copy update of every masked element exactly.
+- With a stock dense AdamW on `weight`, every element is stepped from the first step on, under one
+  step count. In the official K-copy code (torch 1.11, gradients zeroed rather than set to None) a
+  copy is skipped until it is first drawn, then stepped at every step with its own step count.
+  `ExpertAdamW` reproduces that K-copy update for every masked element exactly (or, as an option,
+  steps only the experts drawn in the step).
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""AdamW that steps a MoSA split tensor as K separate expert copies would be stepped.
+"""AdamW that steps a MoSA split tensor as the official code steps its K separate expert copies.
 
-In the official MoSA code each expert is a dense copy of the matrix; an expert not drawn in a step
-has no gradient, so AdamW skips it (no moment decay, no weight decay, no step) and its own step
-count stays where it was. With all experts in one tensor (`ExpertSplit`), a stock AdamW would
-instead decay the moments of inactive experts' elements and keep moving them on momentum.
+In the official MoSA code each expert is a dense copy of the matrix, and its pinned torch 1.11's
+`optimizer.zero_grad()` sets gradients to zero instead of None. So a copy drawn once is stepped by
+AdamW at every later step, with a zero gradient whenever it is not drawn: its step count grows, its
+moments decay, its momentum keeps moving it and weight decay applies. A copy never drawn yet has no
+gradient and is skipped.
 
-`ExpertAdamW` updates only the elements of experts that were active since the last step, and keeps
-one step count per expert for bias correction: every masked element follows exactly the update
-its K-copy expert would get. Ordinary parameters get the standard decoupled AdamW update. The
-choice between this and a plain dense AdamW is `TrainConfig.optimizer`.
+`ExpertAdamW(undrawn="step")` (the default) reproduces that for every masked element, with one step
+count per expert for bias correction; an expert has been drawn once exactly when its step count is
+positive, so no other state is kept. `undrawn="skip"` steps only the experts drawn since the last
+step (what the official code would do with gradients set to None): an undrawn expert keeps its
+moments, step count and weights. Ordinary parameters get the standard decoupled AdamW update. The
+choice between these and a plain dense AdamW is `TrainConfig.optimizer`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import Tensor
 
 from .experts import ExpertSplit
 
+UNDRAWN_RULES = ("step", "skip")
+
 
 class ExpertAdamW(torch.optim.Optimizer):
     def __init__(
@@ -30,9 +35,13 @@ class ExpertAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.01,
+        undrawn: str = "step",
     ) -> None:
+        if undrawn not in UNDRAWN_RULES:
+            raise ValueError(f"undrawn must be one of {UNDRAWN_RULES}, got {undrawn!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self._splits = {id(split.weight): split for split in splits}
+        self.undrawn = undrawn
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
@@ -57,11 +66,11 @@ class ExpertAdamW(torch.optim.Optimizer):
             updated, state["step"] = None, state["step"] + 1
             step = state["step"]
         else:
-            active = split.active
-            if not bool(active.any()):
+            stepped = split.active | (state["step"] > 0) if self.undrawn == "step" else split.active
+            if not bool(stepped.any()):
                 return
-            state["step"] = state["step"] + active.to(state["step"].dtype)
-            updated = active[split.assignment.long()]
+            state["step"] = state["step"] + stepped.to(state["step"].dtype)
+            updated = stepped[split.assignment.long()]
             step = state["step"][split.assignment.long()]
         grad, exp_avg, exp_avg_sq = param.grad, state["exp_avg"], state["exp_avg_sq"]
         new_avg = exp_avg * beta1 + grad * (1 - beta1)

@@ -134,7 +134,7 @@ def _check_same_run(state: TrainState, run: dict[str, Any]) -> None:
     if state.run != expected:
         differing = sorted(k for k in set(expected) | set(state.run) if expected.get(k) != state.run.get(k))
         raise TrainStateError(f"the checkpoint belongs to another run: {differing} differ")
-    if not 0 <= state.epochs_done <= run["train_config"]["epochs"] or state.epochs_done != len(state.epoch_losses):
+    if not 0 <= state.epochs_done <= run["epochs"] or state.epochs_done != len(state.epoch_losses):
         raise TrainStateError(f"the checkpoint's epoch count {state.epochs_done} is inconsistent")
 
 

@@ -19,7 +19,10 @@ from .model import AdaptedViT
 from .optim import ExpertAdamW
 from .train_state import TrainState, capture_train_state, restore_train_state
 
-OPTIMIZERS = ("expert-adamw", "adamw")
+# "expert-adamw" steps split tensors as the official K expert copies are stepped (a copy drawn once is
+# stepped at every later step, with a zero gradient when undrawn); "expert-adamw-skip" steps only the
+# experts drawn in the step; "adamw" is torch's dense AdamW (adapters/optim.py says where they differ).
+OPTIMIZERS = ("expert-adamw", "expert-adamw-skip", "adamw")
 DEFAULT_EPOCHS = 10
 
 
@@ -37,9 +40,7 @@ class TrainConfig:
     max_shift: int = 2  # random translation of each training image by up to this many pixels
     # The default schedule's least number of steps: 10 epochs of 100 images at batch 64 are only 20.
     min_steps: int = 200
-    # "expert-adamw" steps split tensors exactly as K separate expert copies; "adamw" is torch's
-    # dense AdamW (see adapters/optim.py for where the two differ).
-    optimizer: str = "expert-adamw"
+    optimizer: str = "expert-adamw"  # one of OPTIMIZERS
 
     def __post_init__(self) -> None:
         if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
@@ -75,8 +76,9 @@ def parameter_groups(model: AdaptedViT, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: AdaptedViT, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "expert-adamw":
-        return ExpertAdamW(groups, model.expert_splits(), lr=cfg.lr, eps=1e-6)
+    if cfg.optimizer.startswith("expert-adamw"):
+        undrawn = "skip" if cfg.optimizer == "expert-adamw-skip" else "step"
+        return ExpertAdamW(groups, model.expert_splits(), lr=cfg.lr, eps=1e-6, undrawn=undrawn)
     return torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-6)
 
 
@@ -108,7 +110,8 @@ def task_loss(model: AdaptedViT, images: Tensor, labels: Tensor, label_smoothing
 
 def run_identity(model: AdaptedViT, cfg: TrainConfig, examples: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed by this run."""
-    return {"train_config": asdict(cfg), "adapter_config": model.config.to_dict(), "examples": examples}
+    return {"train_config": asdict(cfg), "adapter_config": model.config.to_dict(), "examples": examples,
+            "epochs": cfg.epochs_for(examples)}
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
