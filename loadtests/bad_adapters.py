@@ -167,7 +167,7 @@ class AdapterCases:
             ("crop-pct-zero", "crop_pct must be in (0, 1]", lambda h: h["backbone"].update(crop_pct=0)),
             ("num-features-string", "'num_features' has the wrong type",
              lambda h: h["backbone"].update(num_features="32")),
-            ("depth-zero", "num_features and depth must be positive", lambda h: h["backbone"].update(depth=0)),
+            ("depth-zero", "num_features, depth and num_patches must be positive", lambda h: h["backbone"].update(depth=0)),
             ("num-patches-zero", "num_patches must be positive", lambda h: h["backbone"].update(num_patches=0)),
             ("token-head-without-patch-count", "'tokens' head needs the backbone's num_patches",
              lambda h: h["backbone"].update(num_patches=None)),

@@ -76,22 +76,30 @@ def test_training_never_changes_the_frozen_backbone(tiny_backbone, images, metho
     assert trainable == ({"head"} if method == "linear" else {"adapters", "head"})
 
 
-def test_mosa_training_step_changes_only_active_experts(tiny_backbone, images):
+@pytest.mark.parametrize("optimizer", ["expert-adamw", "expert-adamw-skip"])
+def test_mosa_training_step_changes_only_experts_drawn(tiny_backbone, images, optimizer):
+    """The official rule steps every expert drawn so far; the skip rule only the one drawn in the step."""
     backbone, _ = tiny_backbone
     config = AdapterConfig(method="mosa", consistency_weight=0.0, dropout=0.0)
     model = AdaptedViT(backbone, config, num_classes=3)
-    optimizer = build_optimizer(model, TrainConfig(lr=0.05))
+    optimizer = build_optimizer(model, TrainConfig(lr=0.05, optimizer=optimizer))
     model.train()
-    for _ in range(3):
+    drawn_so_far = [set() for _ in model.expert_splits()]
+    for _ in range(4):
         before = [s.weight.detach().clone() for s in model.expert_splits()]
         task_loss(model, images, torch.tensor([0, 1, 2, 0, 1]), 0.0).backward()
         active = [s.active.nonzero().flatten().tolist() for s in model.expert_splits()]
         optimizer.step()
         optimizer.zero_grad()
-        for split, old, drawn in zip(model.expert_splits(), before, active):
+        for split, old, drawn, seen in zip(model.expert_splits(), before, active, drawn_so_far):
             assert len(drawn) == 1  # one expert per block per forward pass
+            seen.add(drawn[0])
+            stepped = seen if optimizer.undrawn == "step" else {drawn[0]}
             changed = split.weight.detach() != old
-            assert not changed[~split.mask(drawn[0])].any()
+            outside = torch.ones_like(changed)
+            for expert in stepped:
+                outside &= ~split.mask(expert)
+            assert not changed[outside].any()
 
 
 def test_mosa_merge_in_place_keeps_eval_outputs(tiny_backbone, images):

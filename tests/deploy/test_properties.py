@@ -120,7 +120,8 @@ def test_training_requests_parse_or_are_refused_with_400(datasets_root, doc):
         assert exc.status == 400
         return
     assert isinstance(request, TrainRequest) and validate_task_id(request.task_id)
-    assert 0 < request.lr <= 1 and 1 <= request.epochs <= 1000
+    assert 0 < request.lr <= 1 and (request.epochs is None or 1 <= request.epochs <= 1000)
+    assert request.epochs is None or "epochs" in doc  # left out, it is the default schedule
 
 
 @QUICK
