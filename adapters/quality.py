@@ -5,8 +5,8 @@ on held-out ones, record the held-out accuracy of the merged file (what is serve
 parameters and the training time, beside a logistic regression on the same images' raw pixels.
 Trainable parameters are matched: MoSA and the standard adapter share r (2*d*r + r + d per block),
 and LoRA, on the fused qkv (d*r + r*3d = 4*d*r per block), gets rank r/2; every method, the linear
-probe included, trains the same head, counted in its parameters. Seeds change the split's training order and initialisation; the test set stays fixed per
-task. A task with fewer images than a budget plus the test set trains on what it has (half of it
+probe included, trains the same head, counted in its parameters. Seeds change the split's training
+order and initialisation; the test set stays fixed per task. A task with fewer images than a budget plus the test set trains on what it has (half of it
 when it is smaller than twice the test set), once.
 """
 
@@ -54,8 +54,8 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
                     cfg = TrainConfig(epochs=epochs, seed=seed)
                     trained = train_task(backbone, info, train, test, method, cfg, r=rank)
                     rows.append({"task": task, "train_images": len(train), "test_images": held_out, "method": method,
-                                 "r": rank, "seed": seed, "epochs": cfg.epochs_for(len(train)), "test_accuracy": trained.test_accuracy,
-                                 "trainable_params": trained.trainable_params, "train_seconds": trained.train_seconds})
+                                 "r": rank, "seed": seed, "epochs": cfg.epochs_for(len(train)),
+                                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params, "train_seconds": trained.train_seconds})
                     print(f"{task:>8} {len(train):>5} {method:>8} seed {seed}: {trained.test_accuracy:.2%}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,

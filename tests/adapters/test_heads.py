@@ -19,15 +19,9 @@ from mosaserve.adapters.model import AdaptedViT
 from mosaserve.runtime.bank import AdapterBank
 from mosaserve.runtime.executor import MixedTaskExecutor
 
+from ..runtime.helpers import random_model
+
 LABELS = ("a", "b", "c")
-
-
-def perturbed(model: AdaptedViT) -> AdaptedViT:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def test_token_head_sees_where_tokens_are_and_a_pooled_head_does_not(tiny_backbone):
@@ -62,7 +56,7 @@ def format_1_file(model: AdaptedViT, info) -> bytes:
 @pytest.mark.parametrize("method", ["adapter", "linear", "lora"])
 def test_a_format_1_file_loads_with_its_pooled_head_and_serves_as_before(tiny_backbone, images, method):
     backbone, info = tiny_backbone
-    model = perturbed(AdaptedViT(copy.deepcopy(backbone), AdapterConfig(method=method, r=4, head="pooled"), 3))
+    model = random_model(copy.deepcopy(backbone), seed=1, method=method, head="pooled")
     loaded = load_adapter(format_1_file(model, info), info.fingerprint)
     assert loaded.header.adapter.head == "pooled" and loaded.header.backbone.num_patches is None
     with torch.inference_mode():
