@@ -128,12 +128,16 @@ def _results(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .adapters.embedded import EMBEDDED_BACKBONE
-    from .adapters.quality import format_quality, run_quality
+    from .adapters.quality import run_quality
+    from .adapters.quality_tables import format_curves, format_quality, format_search
+    from .adapters.search import FULL_GRID, QUICK_GRID
 
     spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
-    rows = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
-                       _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec)
-    print(format_quality(rows))
+    grid = None if args.no_search else QUICK_GRID if args.quick else FULL_GRID
+    report = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
+                         _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid)
+    for table in (format_search(report["search"]), format_quality(report["rows"]), format_curves(report["rows"])):
+        print(f"\n{table}")
     print(f"\nwritten: {args.out}")
     return 0
 
@@ -250,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--budgets", default="1000,100", help="training images per task")
     results.add_argument("--methods", default="linear,adapter,lora,mosa")
     results.add_argument("--seeds", default="0,1,2")
-    results.add_argument("--epochs", type=int, help="default: the training default (10, or 200 steps at least)")
+    results.add_argument("--epochs", type=int, help="default: the training default (10, or 200 steps at least); "
+                         "the search tries multiples of it")
+    search = results.add_mutually_exclusive_group()
+    search.add_argument("--quick", action="store_true", help="a smoke run's search: two learning rates, the default "
+                        "schedule only")
+    search.add_argument("--no-search", action="store_true", help="train every method with the training defaults")
     results.add_argument("--test-size", type=int, default=500)
     results.add_argument("--out", default="out/results/quality.json")
     results.add_argument("--backbone", help="weights of the embedded layout to measure instead, e.g. a "

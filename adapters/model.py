@@ -49,11 +49,14 @@ class AdaptedViT(nn.Module):
         self.adapters = nn.ModuleDict()
         self._taps: list[Tap] = []
         draw_rng = random.Random(seed)
-        for index in self.blocks:
-            self.adapters[str(index)] = self._build_adapter(index, merged, draw_rng)
-            self._taps.append(self._tap(index))
+        # Initial weights are a function of `seed` alone, whatever the caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for index in self.blocks:
+                self.adapters[str(index)] = self._build_adapter(index, merged, draw_rng)
+                self._taps.append(self._tap(index))
+            self.head = build_head(self.backbone, config, num_classes)
         self.num_classes = num_classes
-        self.head = build_head(self.backbone, config, num_classes)
 
     def _build_adapter(self, index: int, merged: bool, draw_rng: random.Random) -> nn.Module:
         cfg, dim = self.config, self.backbone.num_features

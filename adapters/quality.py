@@ -6,24 +6,29 @@ parameters and the training time, beside a logistic regression on the same image
 Trainable parameters are matched: MoSA and the standard adapter share r (2*d*r + r + d per block),
 and LoRA, on the fused qkv (d*r + r*3d = 4*d*r per block), gets rank r/2; every method, the linear
 probe included, trains the same head, counted in its parameters. Seeds change the split's training
-order and initialisation; the test set stays fixed per task. A task with fewer images than a budget plus the test set trains on what it has (half of it
-when it is smaller than twice the test set), once.
+order and initialisation; the test set stays fixed per task. A task with fewer images than a budget
+plus the test set trains on what it has (half of it when it is smaller than twice the test set), once.
+With a search grid, each method's learning rate and schedule length are first chosen on validation
+images carved out of the budget (adapters/search.py), on the first seed; every run records its
+train and held-out accuracy curve.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import statistics
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from .backbone import BackboneSpec, load_backbone
-from .datasets import load_dataset
+from .backbone import BackboneInfo, BackboneSpec, load_backbone
+from .datasets import ImageDataset, load_dataset
 from .embedded import EMBEDDED_BACKBONE
 from .pixel_baseline import pixel_logistic_regression
-from .task_training import train_task
+from .search import FULL_GRID, SearchCell, SearchGrid, search_settings
+from .task_training import TrainedTask, train_task
 from .training import TrainConfig
 
 PIXELS = "pixel logistic regression"
@@ -36,9 +41,14 @@ def rank_for(method: str, r: int) -> int:
 
 
 def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
-                epochs: int | None, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE, r: int = 16) -> list[dict]:
+                epochs: int | None, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE, r: int = 16,
+                grid: SearchGrid | None = FULL_GRID) -> dict:
+    """The report written to `out` (after every task and budget, so a long run keeps what it has done)."""
     backbone, info = load_backbone(spec)
-    rows = []
+    meta = {"backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,
+            "test_size": test_size, "grid": None if grid is None else asdict(grid),
+            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
+    report: dict = {"meta": meta, "rows": [], "search": []}
     for task in tasks:
         data = load_dataset(task, info.input_size[-1])
         # One seed-0 permutation per task: the last images are the test set of every run.
@@ -47,22 +57,59 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
         test = data.subset(order[-held_out:])
         for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
             train = data.subset(order[:size])
-            rows.append(_pixel_row(task, train, test))
+            report["rows"].append(_pixel_row(task, train, test))
             for method in methods:
-                rank = rank_for(method, r)
-                for seed in seeds:
-                    cfg = TrainConfig(epochs=epochs, seed=seed)
-                    trained = train_task(backbone, info, train, test, method, cfg, r=rank)
-                    rows.append({"task": task, "train_images": len(train), "test_images": held_out, "method": method,
-                                 "r": rank, "seed": seed, "epochs": cfg.epochs_for(len(train)),
-                                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params, "train_seconds": trained.train_seconds})
-                    print(f"{task:>8} {len(train):>5} {method:>8} seed {seed}: {trained.test_accuracy:.2%}", flush=True)
+                trainer = MethodTrainer(backbone, info, method, rank_for(method, r))
+                _run_method(report, trainer, task, train, test, TrainConfig(epochs=epochs), seeds, grid)
+            _write(out, report)
+    return report
+
+
+def _run_method(report: dict, trainer: "MethodTrainer", task: str, train: ImageDataset, test: ImageDataset,
+                base: TrainConfig, seeds: tuple[int, ...], grid: SearchGrid | None) -> None:
+    """The search (on the first seed) when there is a grid, then a run per seed on the whole budget."""
+    outcome = None
+    if grid is not None:
+        on_cell = partial(_print_cell, task, len(train), trainer.method)
+        outcome = search_settings(trainer, train, grid, replace(base, seed=seeds[0]), on_cell)
+        report["search"].append({"task": task, "method": trainer.method, **outcome.to_dict()})
+    for seed in seeds:
+        cfg = replace(base, seed=seed)
+        report["rows"].append(trainer.row(task, train, test, cfg if outcome is None else outcome.config_for(cfg, len(train))))
+
+
+@dataclass(frozen=True)
+class MethodTrainer:
+    """One method at its matched rank on the backbone; called on (train, held-out, config) as the search wants."""
+
+    backbone: torch.nn.Module
+    info: BackboneInfo
+    method: str
+    rank: int
+
+    def __call__(self, train: ImageDataset, held_out: ImageDataset, cfg: TrainConfig,
+                 held_out_name: str = "val") -> TrainedTask:
+        return train_task(self.backbone, self.info, train, held_out, self.method, cfg, r=self.rank,
+                          watch={"train": train, held_out_name: held_out})
+
+    def row(self, task: str, train: ImageDataset, test: ImageDataset, cfg: TrainConfig) -> dict:
+        trained = self(train, test, cfg, "test")
+        print(f"{task:>8} {len(train):>5} {self.method:>8} seed {cfg.seed} (lr {cfg.lr:g}, {cfg.epochs} epochs): "
+              f"{trained.test_accuracy:.2%}", flush=True)
+        return {"task": task, "train_images": len(train), "test_images": len(test), "method": self.method,
+                "r": self.rank, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs_for(len(train)),
+                "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params,
+                "train_seconds": trained.train_seconds, "curve": list(trained.curve)}
+
+
+def _print_cell(task: str, size: int, method: str, cell: SearchCell) -> None:
+    print(f"{task:>8} {size:>5} {method:>8} search lr {cell.lr:g}, {cell.epochs} epochs: "
+          f"validation {cell.val_accuracy:.2%}", flush=True)
+
+
+def _write(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,
-            "test_size": test_size,
-            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    return rows
+    out.write_text(json.dumps(report, indent=1))
 
 
 def _pixel_row(task: str, train, test) -> dict:
@@ -71,21 +118,3 @@ def _pixel_row(task: str, train, test) -> dict:
     return {"task": task, "train_images": len(train), "test_images": len(test), "method": PIXELS, "r": None,
             "seed": None, "test_accuracy": baseline.test_accuracy, "trainable_params": baseline.params,
             "train_seconds": baseline.seconds}
-
-
-def format_quality(rows: list[dict]) -> str:
-    lines = ["| task | train images | method | r | trainable params | test accuracy % (mean ± sd over seeds) | train s (mean) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-    keys = sorted({(r["task"], r["train_images"]) for r in rows}, key=lambda k: (k[0], -k[1]))
-    for task, size in keys:
-        for method in METHOD_ORDER:
-            runs = [r for r in rows if (r["task"], r["train_images"], r["method"]) == (task, size, method)]
-            if not runs:
-                continue
-            accs = [r["test_accuracy"] * 100 for r in runs]
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            r = "-" if method in ("linear", PIXELS) else runs[0].get("r", "-")
-            lines.append(f"| {task} | {size} | {method} | {r} | {runs[0]['trainable_params']:,} | "
-                         f"{statistics.mean(accs):.1f} ± {spread:.1f} (n={len(accs)}) | "
-                         f"{statistics.mean(r['train_seconds'] for r in runs):.1f} |")
-    return "\n".join(lines)

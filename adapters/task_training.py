@@ -10,10 +10,11 @@ import copy
 from dataclasses import dataclass
 from typing import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from .backbone import BackboneInfo
 from .config import AdapterConfig
+from .curves import TRAIN_PROBE_IMAGES, AccuracyCurve
 from .datasets import ImageDataset, train_test_split
 from .file_format import AdapterHeader, encode_adapter, load_adapter
 from .loading import build_adapted_model
@@ -30,6 +31,7 @@ class TrainedTask:
     train_seconds: float
     test_accuracy: float
     epoch_losses: tuple[float, ...]
+    curve: tuple[dict[str, float], ...] = ()  # accuracy on the watched image sets during training
 
 
 def fit_split(available: int, train_size: int, test_size: int) -> tuple[int, int]:
@@ -47,17 +49,37 @@ def split_for_training(data: ImageDataset, train_size: int, test_size: int) -> t
 def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, test: ImageDataset, method: str,
                cfg: TrainConfig, progress: bool = False,
                on_epoch: Callable[[int, float], None] | None = None, resume: TrainState | None = None,
-               on_checkpoint: Callable[[TrainState], None] | None = None, r: int | None = None) -> TrainedTask:
+               on_checkpoint: Callable[[TrainState], None] | None = None, r: int | None = None,
+               watch: dict[str, ImageDataset] | None = None) -> TrainedTask:
     """`resume` and `on_checkpoint` as in `train_adapter`: a run stopped at an epoch end continues exactly.
-    `r`: bottleneck width or LoRA rank (default: AdapterConfig's)."""
+    `r`: bottleneck width or LoRA rank (default: AdapterConfig's). `watch`: image sets whose accuracy is
+    recorded during training (`TrainedTask.curve`; "train" names the training images themselves)."""
     prep = Preprocessor(info)
     config = AdapterConfig(method=method) if r is None else AdapterConfig(method=method, r=r)
     model = AdaptedViT(copy.deepcopy(backbone), config, len(train.class_names), seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = train_adapter(model, prep(train.images), train.labels, cfg, progress=progress, on_epoch=on_epoch,
+    images = prep(train.images)
+    curve = _curve(model, prep, images, train.labels, watch or {}, cfg.epochs_for(len(train)))
+    result = train_adapter(model, images, train.labels, cfg, progress=progress,
+                           on_epoch=_both(curve, on_epoch) if watch else on_epoch,
                            resume=resume, on_checkpoint=on_checkpoint)
     provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs_for(len(train)), "seed": cfg.seed}
     file_bytes = encode_adapter(AdapterHeader(config, info, train.class_names, provenance), model.export_tensors())
     served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))
     return TrainedTask(file_bytes, trainable, result.seconds, accuracy(served, prep(test.images), test.labels),
-                       tuple(result.epoch_losses))
+                       tuple(result.epoch_losses), tuple(curve.points))
+
+
+def _curve(model: AdaptedViT, prep: Preprocessor, images: Tensor, labels: Tensor, watch: dict[str, ImageDataset],
+           epochs: int) -> AccuracyCurve:
+    probes = {name: (images[:TRAIN_PROBE_IMAGES], labels[:TRAIN_PROBE_IMAGES]) if name == "train"
+              else (prep(data.images), data.labels) for name, data in watch.items()}
+    return AccuracyCurve(model, probes, epochs)
+
+
+def _both(first: Callable[[int, float], None], second: Callable[[int, float], None] | None) -> Callable[[int, float], None]:
+    def call(epoch: int, loss: float) -> None:
+        first(epoch, loss)
+        if second is not None:
+            second(epoch, loss)
+    return call

@@ -122,3 +122,17 @@ def test_target_blocks_restrict_where_adapters_go(tiny_backbone):
         [f"blocks.{b}.{m}.{p}" for b in (0, 2) for m in ("norm", "down", "up") for p in ("weight", "bias")]
         + [f"head.{m}.{p}" for m in ("norm", "down", "out") for p in ("weight", "bias")]
     )
+
+
+@pytest.mark.parametrize("method", ["mosa", "lora", "linear"])
+def test_initial_weights_depend_on_the_seed_alone(tiny_backbone, method):
+    backbone, _ = tiny_backbone
+    build = lambda seed: AdaptedViT(backbone, AdapterConfig(method=method, r=4), num_classes=3, seed=seed).state_dict()
+    torch.manual_seed(1)
+    first = build(7)
+    torch.manual_seed(2)
+    state_before = torch.get_rng_state()
+    again, other = build(7), build(8)
+    assert torch.equal(torch.get_rng_state(), state_before)  # the caller's random stream is left as it was
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -57,13 +58,15 @@ def test_training_on_real_digits_learns(method):
 
 
 def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
-    from mosaserve.adapters.quality import format_quality, run_quality
+    from mosaserve.adapters.quality import run_quality
+    from mosaserve.adapters.quality_tables import format_quality
 
     from ..conftest import TINY_VIT
 
-    rows = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter", "lora"), (0, 1), epochs=1, test_size=30,
-                       out=tmp_path / "q.json", spec=TINY_VIT, r=8)
-    assert len(rows) == 2 * (4 * 2 + 1) and {r["train_images"] for r in rows} == {40, 10}
+    report = run_quality(("digits",), (40, 10), ("linear", "mosa", "adapter", "lora"), (0, 1), epochs=1, test_size=30,
+                         out=tmp_path / "q.json", spec=TINY_VIT, r=8, grid=None)
+    rows = report["rows"]
+    assert len(rows) == 2 * (4 * 2 + 1) and {r["train_images"] for r in rows} == {40, 10} and report["search"] == []
     params = {r["method"]: r["trainable_params"] for r in rows}
     # The pixel baseline, once per budget on the same images: 8x8 pixels and a bias per class it saw.
     pixel_rows = [r for r in rows if r["method"] == "pixel logistic regression"]
@@ -71,9 +74,16 @@ def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
     assert all(r["trainable_params"] % 65 == 0 and 0 < r["test_accuracy"] <= 1 for r in pixel_rows)
     assert params["mosa"] == params["adapter"] > params["linear"]  # MoSA and the adapter: equal parameters
     assert abs(params["lora"] - params["adapter"]) / params["adapter"] < 0.15  # LoRA at rank r/2: about as many
+    # Without a search every method trains with the defaults; every run records its one-epoch curve.
+    trained = [r for r in rows if r["method"] != "pixel logistic regression"]
+    assert {(r["lr"], r["epochs"]) for r in trained} == {(5e-3, 1)}
+    # The curve's last point reads the model in training as the merged file serves it (a test image at most apart).
+    assert all([p["epoch"] for p in r["curve"]] == [1] and abs(r["curve"][0]["test_accuracy"] - r["test_accuracy"]) <= 1 / 30
+               for r in trained)
     table = format_quality(rows)
-    assert "| digits | 40 | pixel logistic regression | - |" in table and "| digits | 40 | mosa | 8 |" in table and "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
-    assert (tmp_path / "q.json").exists()
+    assert "| digits | 40 | pixel logistic regression | - | - |" in table and "| digits | 40 | mosa | 8 | 0.005, 1 |" in table
+    assert "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
+    assert json.loads((tmp_path / "q.json").read_text())["rows"] == rows
 
 
 def test_pixel_logistic_regression_is_the_baseline_a_skeptic_would_ask_for():
