@@ -67,7 +67,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .runtime.benchmark import format_table, run_benchmark
+    from .loadtests.runtime_bench import format_table, run_benchmark
 
     try:
         rows = run_benchmark(args.models.split(","), args.batch, args.repeats, args.r, args.tasks, Path(args.out),
@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         file = read_serve_file(args.config) if args.config else ServeFile(ServeConfig())
-        settings = file.settings if args.admin_port is None else replace(file.settings, admin_port=args.admin_port)
+        settings = file.settings if args.admin_port is None else file.settings.with_settings(admin_port=args.admin_port)
     except ServeConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
@@ -98,13 +98,13 @@ def _serve(args: argparse.Namespace) -> int:
         from .deploy.demo import prepare_demo, write_samples
 
         demo = prepare_demo(Path(args.demo_dir), args.demo_epochs, progress=not args.no_progress)
-        settings = replace(settings, backbone=demo.backbone, store_dir=demo.store_dir)
+        settings = settings.with_settings(backbone=demo.runtime.backbone, store_dir=demo.runtime.store_dir)
         sample = write_samples(Path(args.demo_dir) / "samples")[0]
     token = args.admin_token or settings.resolved_admin_token()
     if token is None:
         token = secrets.token_urlsafe(24)
         print(f"no admin token configured; generated one for this run: {token}")
-    settings = replace(settings, admin_token=token)
+    settings = settings.with_settings(admin_token=token)
     file = replace(file, settings=settings, host=args.host or file.host, port=args.port or file.port)
     run_service(file, args.address, sample)
     return 0
@@ -154,7 +154,7 @@ def _loadtest_run(args: argparse.Namespace) -> int:
 
 def _loadtest_compare(args: argparse.Namespace) -> int:
     from .adapters.backbone import BackboneSpec
-    from .deploy.side_by_side import CompareSpec, run_compare
+    from .loadtests.side_by_side import CompareSpec, run_compare
 
     try:
         spec = CompareSpec(backbone=BackboneSpec(args.backbone), device=args.device, dtype=args.dtype,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -19,9 +20,25 @@ def is_finite_number(value: float | int) -> bool:
 
 METHODS = ("mosa", "adapter", "lora", "linear")
 
+
+class AdapterKind(str, enum.Enum):
+    """What a merged adapter is at inference; a str, so it equals and serialises as its value."""
+
+    BOTTLENECK = "bottleneck"  # a parallel bottleneck on each adapted block's MLP
+    LORA = "lora"  # a low-rank delta on each adapted block's fused qkv
+    HEAD_ONLY = "head_only"  # no block weights: the linear probe
+
+    def __str__(self) -> str:
+        # f-strings and str() give "lora", not "AdapterKind.LORA", on every supported Python.
+        return self.value
+
+
 # What a merged adapter of each method looks like at inference: MoSA merges into a standard
 # bottleneck adapter, so the runtime sees only three kinds.
-KIND_OF_METHOD = {"mosa": "bottleneck", "adapter": "bottleneck", "lora": "lora", "linear": "head_only"}
+KIND_OF_METHOD: dict[str, AdapterKind] = {
+    "mosa": AdapterKind.BOTTLENECK, "adapter": AdapterKind.BOTTLENECK,
+    "lora": AdapterKind.LORA, "linear": AdapterKind.HEAD_ONLY,
+}
 
 # What a task's head reads: "tokens" maps every patch token through a low-rank projection and keeps
 # where it was (adapters/heads.py); "pooled" is a linear map of the backbone's pooled features, the
@@ -86,12 +103,12 @@ class AdapterConfig:
             object.__setattr__(self, "target_blocks", tuple(sorted(blocks)))
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> AdapterKind:
         return KIND_OF_METHOD[self.method]
 
     def resolve_blocks(self, depth: int) -> tuple[int, ...]:
         """The block indices this config adapts in a backbone of `depth` blocks."""
-        if self.kind == "head_only":
+        if self.kind is AdapterKind.HEAD_ONLY:
             return ()
         blocks = tuple(range(depth)) if self.target_blocks is None else self.target_blocks
         if blocks and blocks[-1] >= depth:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .atomic_write import write_atomically
 from .backbone import BackboneInfo
-from .config import AdapterConfig, is_finite_number
+from .config import AdapterConfig, AdapterKind, is_finite_number
 from .errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 from .heads import head_shapes
 
@@ -90,7 +90,7 @@ def expected_shapes(header: AdapterHeader) -> dict[str, tuple[int, ...]]:
     cfg, dim, r = header.adapter, header.backbone.num_features, header.adapter.r
     shapes: dict[str, tuple[int, ...]] = {}
     for block in cfg.resolve_blocks(header.backbone.depth):
-        if cfg.kind == "bottleneck":
+        if cfg.kind is AdapterKind.BOTTLENECK:
             shapes.update({
                 f"blocks.{block}.norm.weight": (dim,), f"blocks.{block}.norm.bias": (dim,),
                 f"blocks.{block}.down.weight": (r, dim), f"blocks.{block}.down.bias": (r,),

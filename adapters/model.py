@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .backbone import freeze
 from .bottleneck import BottleneckAdapter
-from .config import AdapterConfig
+from .config import AdapterConfig, AdapterKind
 from .experts import ExpertSplit
 from .heads import build_head
 from .lora import LoRADelta
@@ -65,19 +65,23 @@ class AdaptedViT(nn.Module):
                 dim, cfg.r, cfg.scale, cfg.dropout, cfg.num_experts, cfg.share,
                 mask_generator=_mask_generator(cfg.mask_seed, index), draw_rng=draw_rng,
             )
-        if cfg.kind == "bottleneck":
+        if cfg.kind is AdapterKind.BOTTLENECK:
             return BottleneckAdapter(dim, cfg.r, cfg.scale, cfg.dropout)
         qkv = self.backbone.blocks[index].attn.qkv
         return LoRADelta(qkv.in_features, qkv.out_features, cfg.r, cfg.lora_alpha)
 
     def _tap(self, index: int) -> Tap:
         block = self.backbone.blocks[index]
-        place = parallel_mlp_tap if self.config.kind == "bottleneck" else qkv_tap
+        place = parallel_mlp_tap if self.config.kind is AdapterKind.BOTTLENECK else qkv_tap
         return place(block, adding(self._delta(str(index))))
 
     def _delta(self, key: str) -> Callable[[Tensor], Tensor]:
         # Looked up at call time, so merge_() can swap the module behind the tap.
         return lambda h: self.adapters[key](h)
+
+    def _tensor_prefix(self, key: str) -> str:
+        """Where block `key`'s adapter tensors are named in the adapter file."""
+        return f"blocks.{key}." + ("qkv." if self.config.kind is AdapterKind.LORA else "")
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.backbone.forward_features(images))
@@ -103,7 +107,7 @@ class AdaptedViT(nn.Module):
         tensors: dict[str, Tensor] = {}
         for key, module in self.adapters.items():
             deployable = module.merge() if isinstance(module, MoSAAdapter) else module
-            prefix = f"blocks.{key}." + ("qkv." if self.config.kind == "lora" else "")
+            prefix = self._tensor_prefix(key)
             for name, value in deployable.state_dict().items():
                 tensors[prefix + name] = value
         for name, value in self.head.state_dict().items():
@@ -114,7 +118,7 @@ class AdaptedViT(nn.Module):
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Loads tensors named as by `export_tensors` into a merged model."""
         for key, module in self.adapters.items():
-            prefix = f"blocks.{key}." + ("qkv." if self.config.kind == "lora" else "")
+            prefix = self._tensor_prefix(key)
             module.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
         self.head.load_state_dict({n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")})
 

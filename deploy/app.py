@@ -13,10 +13,10 @@ from ray.serve import Application
 
 from .board import TaskBoard
 from .config import ServeConfig
-from .ingress import Ingress
-from .ray_settings import actor_options
+from .http.ingress import Ingress
+from .process import actor_options
 from .replica import TaskReplica
-from .trainer import TrainingSidecar
+from .training.sidecar import TrainingSidecar
 
 
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
@@ -25,22 +25,22 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     board = TaskBoard.options(name="TaskBoard", ray_actor_options=actor_options(num_cpus=0)).bind(config)
     replicas = TaskReplica.options(
         name="TaskReplica",
-        num_replicas=config.replicas,
-        max_ongoing_requests=config.max_ongoing_requests,
+        num_replicas=config.serving.replicas,
+        max_ongoing_requests=config.serving.max_ongoing_requests,
         ray_actor_options=actor_options(
-            num_cpus=config.replica_num_cpus, num_gpus=config.replica_num_gpus),
+            num_cpus=config.serving.replica_num_cpus, num_gpus=config.replica_num_gpus),
     ).bind(config, board)
     trainer = TrainingSidecar.options(name="TrainingSidecar",
-                                      ray_actor_options=actor_options(num_cpus=config.trainer_num_cpus)
+                                      ray_actor_options=actor_options(num_cpus=config.training.trainer_num_cpus)
                                       ).bind(config, board)
-    return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.max_ongoing_requests,
+    return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.serving.max_ongoing_requests,
                            ray_actor_options=actor_options(num_cpus=0)).bind(config, replicas, board, trainer)
 
 
 def _absolute_paths(config: ServeConfig) -> ServeConfig:
-    spec = config.backbone
+    spec = config.runtime.backbone
     if spec.checkpoint is not None:
         spec = replace(spec, checkpoint=str(Path(spec.checkpoint).resolve()))
-    datasets = str(Path(config.datasets_root).resolve()) if config.datasets_root else None
-    return replace(config, backbone=spec, store_dir=str(Path(config.store_dir).resolve()), datasets_root=datasets,
+    datasets = str(Path(config.training.datasets_root).resolve()) if config.training.datasets_root else None
+    return config.with_settings(backbone=spec, store_dir=str(Path(config.runtime.store_dir).resolve()), datasets_root=datasets,
                    jobs_dir=str(config.resolved_jobs_dir()))

@@ -1,14 +1,15 @@
-"""The served application's settings: one dataclass, read from the `args` of a Ray Serve config file.
+"""The served application's settings: the runtime's config and grouped settings, read from a Ray Serve config file.
 
 `deploy/serve_config.yaml` is a plain Ray Serve config (so `serve run` and `serve deploy` take it);
-its application's `args` become a `ServeConfig`. Unknown keys are refused, so a typo never passes
-silently.
+its application's `args` become a `ServeConfig`, either as groups (`runtime:`, `serving:`, `limits:`,
+`board:`, `training:`) or as the flat names of their fields. Unknown keys are refused, so a typo
+never passes silently. Every field carries the help text of the README's config table.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,9 @@ import yaml
 
 from ..adapters.backbone import BackboneSpec
 from ..adapters.embedded import EMBEDDED_BACKBONE, EMBEDDED_CHECKPOINT
-from ..adapters.file_format import DEFAULT_MAX_BYTES
 from ..adapters.images import DEFAULT_MAX_PIXELS
 from ..runtime.device import parse_device
-from ..runtime.task_runtime import RuntimeConfig
+from ..runtime.task_runtime import RuntimeConfig, setting
 
 ADMIN_TOKEN_ENV = "MOSASERVE_ADMIN_TOKEN"
 MAX_TOP_K = 1000  # labels one prediction may list
@@ -29,142 +29,198 @@ class ServeConfigError(ValueError):
     """The application's configuration is invalid."""
 
 
+def _positive(settings: Any, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise ServeConfigError(f"{name} must be positive, got {getattr(settings, name)!r}")
+
+
 @dataclass(frozen=True)
-class ServeConfig:
-    backbone: BackboneSpec = EMBEDDED_BACKBONE
-    store_dir: str = "out/store"
-    # Training jobs' records and checkpoints; None: beside the store, `<store_dir>-jobs`. Never inside
-    # the store, whose folder holds published adapters only.
-    jobs_dir: str | None = None
-    replicas: int = 1
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
-    max_ongoing_requests: int = 128  # Serve's default of 5 would keep batches tiny
-    replica_num_cpus: float = 1.0
-    torch_threads: int | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-    max_resident: int = 1024
-    max_host: int | None = None  # adapters kept in host memory; None: all (the rest re-read from the store)
-    strategy: str = "auto"
-    admin_token: str | None = None  # or the MOSASERVE_ADMIN_TOKEN environment variable
-    # The task board's own port for PUT / DELETE /v1/tasks/{id} (admin_api.py): uploads sent there skip
-    # the processes that serve predictions. None: off (the main port takes them either way); 0: any free
-    # port (GET /healthz names it).
-    admin_port: int | None = None
-    admin_host: str = "127.0.0.1"
-    max_request_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_images_per_request: int = 64
-    # Pixels of all the images of one request together, read from their headers before any is decoded:
-    # each image may hold max_image_pixels, and 64 of them would otherwise decode to 4.8 GB in the ingress.
-    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
-    # Decoded pixels the ingress holds for all requests in flight together (deploy/in_flight.py); beyond it
-    # a request is answered 503 with Retry-After at once. 200M: 600 MB of uint8, about 4,000 224 x 224 images.
-    max_pixels_in_flight: int = 8 * DEFAULT_MAX_PIXELS
-    max_adapter_bytes: int = DEFAULT_MAX_BYTES
-    default_top_k: int = 5
-    datasets_root: str | None = None  # where POST /v1/train may read folder:/list: datasets; None: built-ins only
-    trainer_num_cpus: float = 0.0  # the training sidecar's CPUs (raise it, or give it a GPU node, to isolate it)
-    # A replica's heartbeat to the task board when nothing changes (liveness: one that stops beating for
-    # 5 of them, at least 5 s, is forgotten). News of a change reaches replicas at once either way.
-    heartbeat_s: float = 1.0
-    # The least time between two store re-reads of a replica: an isolated change reaches it at once, a
-    # burst of them in few passes (each pass costs the replica a Serve call and a manifest read, on the
-    # cores that serve), which delays a registration in a burst by up to this long. 0: one pass each.
-    sync_coalesce_s: float = 0.25
-    # How many nice levels (0-19) the task board, the process that validates and publishes uploads,
-    # drops below the other Ray workers (Ray starts them at 15; 19 is the floor): a burst of uploads
-    # yields the cores to serving.
-    board_nice: int = 10
-    registration_timeout_s: float = 30.0
+class ServingSettings:
+    """How many replicas serve, how they batch, and what Ray reserves for them."""
+
+    replicas: int = setting(1, "serving replicas, each holding the backbone and the adapters it serves")
+    max_batch_size: int = setting(32, "rows of any tasks one batch holds")
+    batch_wait_timeout_s: float = setting(0.005, "how long a batch waits for more rows once its first arrived")
+    max_ongoing_requests: int = setting(128, "rows a replica takes at once (Serve's default of 5 keeps batches tiny)")
+    replica_num_cpus: float = setting(1.0, "CPUs Ray reserves for each replica")
+    torch_threads: int | None = setting(None, "torch threads per replica; null: torch's default")
 
     def __post_init__(self) -> None:
-        positive = ("replicas", "max_batch_size", "max_ongoing_requests", "max_resident", "max_request_bytes",
-                    "max_image_pixels", "max_images_per_request", "max_request_pixels", "max_adapter_bytes",
-                    "max_pixels_in_flight",
-                    "default_top_k", "heartbeat_s", "registration_timeout_s")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ServeConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        _positive(self, "replicas", "max_batch_size", "max_ongoing_requests")
+        if min(self.batch_wait_timeout_s, self.replica_num_cpus) < 0:
+            raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request, and all requests in flight together, may bring."""
+
+    max_request_bytes: int = setting(16 * 1024 * 1024, "the largest request body")
+    max_image_pixels: int = setting(DEFAULT_MAX_PIXELS, "the most pixels one image may declare")
+    max_images_per_request: int = setting(64, "images in one prediction request")
+    # Read from the images' headers before any is decoded: 64 images of max_image_pixels would decode to 4.8 GB.
+    max_request_pixels: int = setting(2 * DEFAULT_MAX_PIXELS, "pixels of all the images of one request together")
+    max_pixels_in_flight: int = setting(8 * DEFAULT_MAX_PIXELS, "decoded pixels the ingress holds for all requests "
+                                                                "at once; past it a request is answered 503 at once")
+    default_top_k: int = setting(5, "labels a prediction lists when the request does not say")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_request_bytes", "max_image_pixels", "max_images_per_request", "max_request_pixels",
+                  "max_pixels_in_flight", "default_top_k")
         if self.max_pixels_in_flight < self.max_request_pixels:
             raise ServeConfigError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
                                    f"max_request_pixels ({self.max_request_pixels}), or no such request could pass")
         if self.default_top_k > MAX_TOP_K:
             raise ServeConfigError(f"default_top_k must be at most {MAX_TOP_K}, got {self.default_top_k}")
+
+
+@dataclass(frozen=True)
+class BoardSettings:
+    """The task board: its admin port and token, and how changes reach the replicas."""
+
+    admin_token: str | None = setting(None, f"the admin routes' bearer token; or set {ADMIN_TOKEN_ENV}")
+    admin_port: int | None = setting(None, "the board's own port for PUT / DELETE /v1/tasks/{id}, off the serving "
+                                           "path; null: off (the main port takes them either way); 0: any free port")
+    admin_host: str = setting("127.0.0.1", "the admin port's address; 0.0.0.0 on a cluster")
+    heartbeat_s: float = setting(1.0, "a replica's heartbeat when nothing changes; one silent for 5 of them "
+                                      "(at least 5 s) is forgotten")
+    # Each pass costs the replica a Serve call and a manifest read, on the cores that serve.
+    sync_coalesce_s: float = setting(0.25, "the least time between two store re-reads of a replica: a burst of "
+                                           "changes reaches it in few passes; 0: one pass per change")
+    # Ray starts its workers at nice 15; 19 is the floor.
+    board_nice: int = setting(10, "nice levels (0-19) the board drops below the other Ray workers, so a burst of "
+                                  "uploads yields the cores to serving")
+    registration_timeout_s: float = setting(30.0, "how long a change waits for every replica before answering 202")
+
+    def __post_init__(self) -> None:
+        _positive(self, "heartbeat_s", "registration_timeout_s")
+        if self.sync_coalesce_s < 0:
+            raise ServeConfigError("sync_coalesce_s must not be negative")
         if self.admin_token is not None:
             _check_admin_token(self.admin_token, "admin_token")
         if not (isinstance(self.board_nice, int) and 0 <= self.board_nice <= 19):
             raise ServeConfigError(f"board_nice must be an integer from 0 to 19, got {self.board_nice!r}")
-        self._check_admin_address()
-        if self.max_host is not None and self.max_host <= 0:
-            raise ServeConfigError(f"max_host must be positive or null, got {self.max_host!r}")
-        if min(self.batch_wait_timeout_s, self.replica_num_cpus, self.trainer_num_cpus, self.sync_coalesce_s) < 0:
-            raise ServeConfigError("batch_wait_timeout_s, replica_num_cpus, trainer_num_cpus and sync_coalesce_s must "
-                                   "not be negative")
-        self._check_jobs_dir()
-        try:
-            self.runtime_config()  # device, dtype and strategy, checked where the runtime defines them
-        except ValueError as exc:
-            raise ServeConfigError(str(exc)) from exc
-
-    def _check_admin_address(self) -> None:
         port = self.admin_port
         if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535):
             raise ServeConfigError(f"admin_port must be a port number (0 for any free one) or null, got {port!r}")
         if not (isinstance(self.admin_host, str) and self.admin_host.strip()):
             raise ServeConfigError(f"admin_host must be a host name or address, got {self.admin_host!r}")
 
-    def _check_jobs_dir(self) -> None:
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The training sidecar: where its jobs are kept, what it may read, what Ray reserves for it."""
+
+    jobs_dir: str | None = setting(None, "training jobs' records and checkpoints, never inside the store; "
+                                         "null: beside it, <store_dir>-jobs")
+    datasets_root: str | None = setting(None, "where POST /v1/train may read folder: and list: datasets; "
+                                              "null: built-in datasets only")
+    trainer_num_cpus: float = setting(0.0, "CPUs Ray reserves for the sidecar (raise it, or give it a node, to "
+                                           "isolate training)")
+
+    def __post_init__(self) -> None:
         if self.jobs_dir is not None and not self.jobs_dir.strip():
             raise ServeConfigError("jobs_dir must be a folder path or null")
-        jobs, store = self.resolved_jobs_dir(), Path(self.store_dir).resolve()
+        if self.trainer_num_cpus < 0:
+            raise ServeConfigError("trainer_num_cpus must not be negative")
+
+
+GROUPS = {"runtime": RuntimeConfig, "serving": ServingSettings, "limits": RequestLimits, "board": BoardSettings,
+          "training": TrainingSettings}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every setting of the served application, by group."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    board: BoardSettings = field(default_factory=BoardSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def __post_init__(self) -> None:
+        jobs, store = self.resolved_jobs_dir(), Path(self.runtime.store_dir).resolve()
         if jobs == store or jobs.is_relative_to(store) or store.is_relative_to(jobs):
             raise ServeConfigError(f"jobs_dir {str(jobs)!r} and store_dir {str(store)!r} must not contain each other")
 
     def resolved_jobs_dir(self) -> Path:
-        if self.jobs_dir is not None:
-            return Path(self.jobs_dir).resolve()
-        store = Path(self.store_dir).resolve()
+        if self.training.jobs_dir is not None:
+            return Path(self.training.jobs_dir).resolve()
+        store = Path(self.runtime.store_dir).resolve()
         if not store.name:
             raise ServeConfigError("store_dir is the filesystem root: set jobs_dir explicitly")
         return store.with_name(f"{store.name}-jobs")
 
-    def runtime_config(self) -> RuntimeConfig:
-        return RuntimeConfig(backbone=self.backbone, store_dir=str(Path(self.store_dir).resolve()),
-                             device=self.device, dtype=self.dtype, max_resident=self.max_resident, max_host=self.max_host,
-                             strategy=self.strategy, max_adapter_bytes=self.max_adapter_bytes)
-
     @property
     def replica_num_gpus(self) -> int:
         """Ray gives each serving replica on "cuda" one GPU of its own, which it sees as "cuda"."""
-        return 1 if parse_device(self.device).type == "cuda" else 0
+        return 1 if parse_device(self.runtime.device).type == "cuda" else 0
 
     def resolved_admin_token(self) -> str | None:
-        if self.admin_token is not None:
-            return self.admin_token
+        if self.board.admin_token is not None:
+            return self.board.admin_token
         token = os.environ.get(ADMIN_TOKEN_ENV) or None
         return None if token is None else _check_admin_token(token, ADMIN_TOKEN_ENV)
 
+    def with_settings(self, **flat: Any) -> "ServeConfig":
+        """A copy with settings changed by their field names, whatever their group."""
+        groups = _grouped(flat)
+        return replace(self, **{name: replace(getattr(self, name), **values) for name, values in groups.items()})
+
+    @classmethod
+    def of(cls, **flat: Any) -> "ServeConfig":
+        """The defaults with settings given by their field names, whatever their group."""
+        return cls().with_settings(**flat)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ServeConfig":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ServeConfigError(f"unknown mosaserve settings: {unknown}; known: {sorted(known)}")
-        if "backbone" in data:
-            data["backbone"] = _backbone_from(data["backbone"])
+        """From a config file's `args`: groups of fields, or fields by their names, or both."""
+        flat: dict[str, Any] = {}
+        for key, value in (data or {}).items():
+            if key in GROUPS:
+                if not isinstance(value, dict):
+                    raise ServeConfigError(f"{key} must be a mapping of its settings, got {value!r}")
+                flat.update(value)
+            else:
+                flat[key] = value
+        if "backbone" in flat:
+            flat["backbone"] = _backbone_from(flat["backbone"])
         for name in ("store_dir", "jobs_dir", "datasets_root"):
-            if data.get(name) is not None:
-                data[name] = str(data[name])
+            if flat.get(name) is not None:
+                flat[name] = str(flat[name])
         try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ServeConfigError(f"invalid mosaserve settings: {exc}") from exc
+            return cls.of(**flat)
+        except (TypeError, ValueError) as exc:
+            raise exc if isinstance(exc, ServeConfigError) else ServeConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _grouped(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    group_of = {f.name: group for group, kind in GROUPS.items() for f in fields(kind)}
+    unknown = sorted(set(flat) - set(group_of))
+    if unknown:
+        raise ServeConfigError(f"unknown mosaserve settings: {unknown}; known: {sorted(group_of)}")
+    groups: dict[str, dict[str, Any]] = {}
+    for name, value in flat.items():
+        groups.setdefault(group_of[name], {})[name] = value
+    return groups
+
+
+def config_table() -> str:
+    """The README's table of settings: every field of every group, its default and its help."""
+    lines = ["| group | setting | default | what it does |", "| --- | --- | --- | --- |"]
+    for group, kind in GROUPS.items():
+        for f in fields(kind):
+            lines.append(f"| {group} | `{f.name}` | `{_shown(f.default)}` | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+def _shown(default: Any) -> str:
+    return "embedded" if default == EMBEDDED_BACKBONE else "null" if default is None else str(default)
 
 
 def _check_admin_token(token: Any, where: str) -> str:

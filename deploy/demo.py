@@ -38,7 +38,7 @@ def prepare_demo(out_dir: Path, epochs: int = 5, progress: bool = True) -> Serve
             run_demo(out_dir, (method,), dataset, test_size=500, train_cfg=TrainConfig(epochs=epochs), progress=progress)
         store.publish(task_id, file.read_bytes())
     write_samples(out_dir / "samples")
-    return ServeConfig(backbone=DEMO_BACKBONE, store_dir=str(out_dir / "store"))
+    return ServeConfig.of(backbone=DEMO_BACKBONE, store_dir=str(out_dir / "store"))
 
 
 def _fits(path: Path, fingerprint: str) -> bool:

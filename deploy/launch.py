@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .app import build_app
 from .config import ServeFile
-from .ray_settings import init_ray
+from .process import init_ray
 
 APP_NAME = "mosaserve"
 

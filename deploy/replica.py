@@ -3,7 +3,7 @@
 `@serve.batch` gathers requests of ANY task into one batch (no per-task split), and the runtime runs
 the backbone once for all of them. Replicas never accept uploads (the task board does): a background
 thread keeps the bank equal to the store, sending heartbeats to the board (each waits there for the
-next change, see board.py) and re-reading the store when the board says something changed.
+next change, see runtime/change_feed.py) and re-reading the store when the board says something changed.
 """
 
 from __future__ import annotations
@@ -12,62 +12,44 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 from prometheus_client import CollectorRegistry
 from ray import serve
-from torch import Tensor
 
 from ..runtime.answers import Answer
-from ..runtime.errors import NonFiniteOutputError, UnknownTaskError
-from ..runtime.metrics import BatchMetrics, exposition
+from ..runtime.errors import InferenceFailedError
 from ..runtime.task_ids import BACKBONE_TASK
 from ..runtime.task_runtime import BatchOutcome, RowError, SyncReport, TaskRuntime
 from .config import ServeConfig
-from .heap import freeze_startup_heap
-from .task_summary import summarize
+from .messages import PredictItem, RowReply, summarize
+from .observability.metrics import BatchMetrics, exposition
+from .process import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 METRICS_EVERY_S = 1.0  # a heartbeat carries this replica's metrics at most this often
 RETRY_AFTER_S = 0.2  # after a failed heartbeat (a board restarting) or sync
 
 
-@dataclass(frozen=True)
-class PredictItem:
-    image: Tensor  # decoded uint8 (3, H, W)
-    task_id: str
-    top_k: int
-    sent_at: float  # wall clock at the ingress, for the queue wait
-
-
-@dataclass(frozen=True)
-class RowReply:
-    answer: Answer | None
-    error: str | None  # why there is no answer
-    status: int  # HTTP status for the row: 200, 404 unknown task, 500 a failure of ours
-    queue_s: float
-    batch_size: int
-    replica: str  # which replica served the row
-
-
 @serve.deployment
 class TaskReplica:
+    """The Serve deployment around a TaskRuntime: batches rows of any task, and keeps its bank equal to the store."""
+
     async def __init__(self, config: ServeConfig, board) -> None:
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        if config.serving.torch_threads:
+            torch.set_num_threads(config.serving.torch_threads)
         self.config, self.board = config, board
         self.replica_id = f"replica-{serve.get_replica_context().replica_id.unique_id}"
         self.registry = CollectorRegistry()
         self.metrics = BatchMetrics(self.registry)
         # Join the board BEFORE reading the store, so no change announced meanwhile is missed.
         generation = await board.heartbeat.remote(self.replica_id, None, None)
-        self.runtime = await asyncio.to_thread(TaskRuntime, config.runtime_config())
+        self.runtime = await asyncio.to_thread(TaskRuntime, config.runtime)
         self.metrics.registered_tasks.set(len(self.runtime.tasks()))
         self.metrics.store_errors.inc(len(self.runtime.restored.failed))
         self.applied = generation
-        self._batched.set_max_batch_size(config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._batched.set_max_batch_size(config.serving.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(config.serving.batch_wait_timeout_s)
         freeze_startup_heap()  # the backbone, torch and Ray are here to stay: no full collection walks them
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="mosaserve-sync", daemon=True)
@@ -101,16 +83,12 @@ class TaskReplica:
             outcome = await asyncio.to_thread(self._serve, [item])
         except Exception as exc:  # noqa: BLE001 - reported to this request only
             log.exception("request for task %s failed", item.task_id)
-            return RowReply(None, f"inference failed: {type(exc).__name__}", 500, 0.0, 1, self.replica_id)
+            failure = InferenceFailedError(f"inference failed: {type(exc).__name__}")
+            return RowReply(failure, 0.0, 1, self.replica_id)
         return self._reply(item, outcome.answers[0], started, 1)
 
     def _reply(self, item: PredictItem, answer: Answer | RowError, started: float, size: int) -> RowReply:
-        queue_s = max(started - item.sent_at, 0.0)
-        if isinstance(answer, UnknownTaskError):
-            return RowReply(None, str(answer), 404, queue_s, size, self.replica_id)
-        if isinstance(answer, NonFiniteOutputError):  # the task's adapter is at fault, not the request
-            return RowReply(None, str(answer), 500, queue_s, size, self.replica_id)
-        return RowReply(answer, None, 200, queue_s, size, self.replica_id)
+        return RowReply(answer, max(started - item.sent_at, 0.0), size, self.replica_id)
 
     def _record_batch(self, items: list[PredictItem], outcome: BatchOutcome, started: float) -> None:
         if outcome.timings is None:
@@ -167,7 +145,7 @@ class TaskReplica:
     def _beat(self, applied: int | None, metrics_text: str | None) -> int:
         """From the sync thread (never the event loop): blocks on the board's answer, which comes at the next
         change or after `heartbeat_s`."""
-        wait_s = self.config.heartbeat_s
+        wait_s = self.config.board.heartbeat_s
         return self.board.heartbeat.remote(self.replica_id, applied, metrics_text, self.runtime.info,
                                            wait_s).result(timeout_s=wait_s + 10)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from ..deploy.train_jobs import MAX_TRAIN_REQUEST_BYTES
+from ..deploy.training.jobs import MAX_TRAIN_REQUEST_BYTES
 from .corpus_case import Case, Limits
 
 PNG, JSON = "image/png", "application/json"

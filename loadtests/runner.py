@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..deploy.heap import heap_frozen
+from ..deploy.process import heap_frozen
 from .schedule import Arrival
 
 MODEL_ID_HEADER = "serve_multiplexed_model_id"  # Ray Serve routes multiplexed deployments by it

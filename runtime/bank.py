@@ -26,10 +26,8 @@ from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError, BackboneMismatchError
 from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, AdapterHeader, load_adapter
 from .errors import HostCopyLostError
-from .resident import ResidentAdapter, make_resident
+from .resident import SERVING_FORMS, ResidentAdapter, make_resident
 from .task_ids import validate_task_id
-
-SERVABLE_KINDS = ("bottleneck", "lora", "head_only")
 
 
 class HostCopy:
@@ -67,8 +65,8 @@ def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
         raise BackboneMismatchError(
             f"adapter head reads {claimed.num_patches} patch tokens, but the served backbone has {info.num_patches}"
         )
-    if adapter.header.adapter.kind not in SERVABLE_KINDS:
-        raise AdapterFileError(f"adapter kind {adapter.header.adapter.kind!r} is not servable in mixed batches")
+    if adapter.header.adapter.kind not in SERVING_FORMS:
+        raise AdapterFileError(f"adapter kind {adapter.header.adapter.kind.value!r} is not servable in mixed batches")
 
 
 class AdapterBank:

@@ -22,3 +22,11 @@ class HostCopyLostError(RuntimeError):
 
 class NonFiniteOutputError(RuntimeError):
     """A task's adapter made Inf or NaN outputs: finite weights large enough to overflow."""
+
+
+class InferenceFailedError(RuntimeError):
+    """Serving a row failed for a reason of the service's own, not the request's."""
+
+
+class BackboneNotReadyError(RuntimeError):
+    """No serving replica has loaded the backbone yet, so an upload cannot be validated against it."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.config import AdapterConfig
+from ..adapters.config import AdapterConfig, AdapterKind
 
 
 @dataclass(frozen=True)
@@ -131,19 +132,54 @@ class ResidentAdapter:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+@dataclass(frozen=True)
+class BlockWeights:
+    """What a kind adds inside the backbone's blocks, in the form the executor runs."""
+
+    bottlenecks: FoldedBottlenecks | None = None
+    qkv: dict[int, LoRAWeights] = field(default_factory=dict)
+
+
+BlockWeightsBuilder = Callable[
+    [dict[str, Tensor], AdapterConfig, tuple[int, ...], int, torch.device, torch.dtype], BlockWeights
+]
+
+
+def resident_bottlenecks(tensors: dict[str, Tensor], config: AdapterConfig, blocks: tuple[int, ...], depth: int,
+                         device: torch.device, dtype: torch.dtype) -> BlockWeights:
+    if not blocks:
+        return BlockWeights()
+    # Folded in float64, so the rewrite adds no rounding of its own before the cast.
+    exact = {name: t.to(torch.float64) for name, t in tensors.items() if name.startswith("blocks.")}
+    folded = fold_bottlenecks(exact, blocks, depth, config.scale)
+    return BlockWeights(bottlenecks=FoldedBottlenecks(*(t.to(device=device, dtype=dtype) for t in
+                                                        (folded.down, folded.down_bias, folded.up)), folded.blocks))
+
+
+def resident_lora(tensors: dict[str, Tensor], config: AdapterConfig, blocks: tuple[int, ...], depth: int,
+                  device: torch.device, dtype: torch.dtype) -> BlockWeights:
+    moved = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
+    return BlockWeights(qkv={b: LoRAWeights(moved[f"blocks.{b}.qkv.lora_a"], moved[f"blocks.{b}.qkv.lora_b"],
+                                            config.lora_alpha / config.r) for b in blocks})
+
+
+def resident_head_only(tensors: dict[str, Tensor], config: AdapterConfig, blocks: tuple[int, ...], depth: int,
+                       device: torch.device, dtype: torch.dtype) -> BlockWeights:
+    return BlockWeights()
+
+
+# The one place a kind gets its serving form: a kind missing here is refused at registration.
+SERVING_FORMS: dict[AdapterKind, BlockWeightsBuilder] = {
+    AdapterKind.BOTTLENECK: resident_bottlenecks,
+    AdapterKind.LORA: resident_lora,
+    AdapterKind.HEAD_ONLY: resident_head_only,
+}
+
+
 def make_resident(task_id: str, version: int, tensors: dict[str, Tensor], config: AdapterConfig, depth: int,
                   device: torch.device, dtype: torch.dtype) -> ResidentAdapter:
     """Moves a file's tensors to the device in their serving form (bottlenecks folded, LoRA per block)."""
-    blocks = config.resolve_blocks(depth)
-    bottlenecks, lora = None, {}
-    if config.kind == "bottleneck" and blocks:
-        # Folded in float64, so the rewrite adds no rounding of its own before the cast.
-        exact = {name: t.to(torch.float64) for name, t in tensors.items() if name.startswith("blocks.")}
-        folded = fold_bottlenecks(exact, blocks, depth, config.scale)
-        bottlenecks = FoldedBottlenecks(*(t.to(device=device, dtype=dtype) for t in
-                                          (folded.down, folded.down_bias, folded.up)), folded.blocks)
-    elif config.kind == "lora":
-        moved = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
-        lora = {b: LoRAWeights(moved[f"blocks.{b}.qkv.lora_a"], moved[f"blocks.{b}.qkv.lora_b"],
-                               config.lora_alpha / config.r) for b in blocks}
-    return ResidentAdapter(task_id, version, bottlenecks, resident_head(tensors, config, device, dtype), lora)
+    build = SERVING_FORMS[config.kind]
+    weights = build(tensors, config, config.resolve_blocks(depth), depth, device, dtype)
+    return ResidentAdapter(task_id, version, weights.bottlenecks, resident_head(tensors, config, device, dtype),
+                           weights.qkv)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..adapters.backbone import BackboneSpec, load_backbone
+from ..adapters.embedded import EMBEDDED_BACKBONE
 from ..adapters.file_format import DEFAULT_MAX_BYTES, load_adapter
 from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
@@ -32,19 +33,27 @@ log = logging.getLogger(__name__)
 RowError = UnknownTaskError | NonFiniteOutputError  # what a row answers instead of an Answer
 
 
+def setting(default, help: str):
+    """A config field with the help text the README's config table is generated from."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
-    backbone: BackboneSpec
-    store_dir: str
-    device: str = "cpu"
-    dtype: str = "float32"  # "bfloat16" on a GPU
-    max_resident: int = 1024
-    max_host: int | None = None  # adapters kept in host memory; None: all (others are re-read from the store)
-    strategy: str = "auto"
+    """The serving core's settings: the backbone, the store, the device and the adapter caches."""
+
+    backbone: BackboneSpec = setting(EMBEDDED_BACKBONE, "the frozen ViT: `embedded`, or a mapping of name, kwargs, "
+                                                        "checkpoint (a local safetensors file), seed")
+    store_dir: str = setting("out/store", "where published adapters live (shared storage on a cluster)")
+    device: str = setting("cpu", "cpu, cuda or cuda:N; on cuda each replica gets a GPU of its own")
+    dtype: str = setting("float32", "serving precision: float32, bfloat16 (GPU, or a CPU with AMX) or float16")
+    max_resident: int = setting(1024, "adapters kept on the serving device (least recently used leave first)")
+    max_host: int | None = setting(None, "adapters kept in host memory; null: all (others are re-read from the store)")
+    strategy: str = setting("auto", "how a mixed batch applies its adapters: auto, gathered or grouped")
     # One task: a plain matmul over the whole batch; from two on, gathered, which costs the same at
-    # every task count while grouped grows with it (measured on CPU, BENCHMARKS.md).
-    gather_from_tasks: int | None = 2
-    max_adapter_bytes: int = DEFAULT_MAX_BYTES
+    # every task count while grouped grows with it (BENCHMARKS.md).
+    gather_from_tasks: int | None = setting(2, "with strategy auto, the distinct tasks from which a batch is gathered")
+    max_adapter_bytes: int = setting(DEFAULT_MAX_BYTES, "the largest adapter file taken")
 
     def __post_init__(self) -> None:
         parse_device(self.device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from mosaserve.adapters.config import AdapterConfig
+from mosaserve.adapters.config import KIND_OF_METHOD, METHODS, AdapterConfig, AdapterKind
 from mosaserve.adapters.errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 from mosaserve.adapters.file_format import (
     METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter, save_adapter,
@@ -59,6 +59,19 @@ def test_save_load_forward_gives_identical_logits(tiny_backbone, tiny_spec, imag
     served = build_adapted_model(fresh_backbone, fresh_info, loaded)
     torch.testing.assert_close(served(images), expected, rtol=0, atol=0 if method != "mosa" else 1e-6)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_kind_round_trips_through_the_file_header(tiny_backbone, method):
+    header, tensors = header_and_tensors(tiny_backbone, method)
+    loaded = load_adapter(encode_adapter(header, tensors)).header.adapter
+    assert loaded.kind is header.adapter.kind is KIND_OF_METHOD[method]
+    # Still a plain string to JSON, f-strings and string comparisons.
+    assert loaded.kind == KIND_OF_METHOD[method].value == f"{loaded.kind}" == json.loads(json.dumps(loaded.kind))
+
+
+def test_every_method_has_a_kind_and_every_kind_a_method():
+    assert set(KIND_OF_METHOD) == set(METHODS) and set(KIND_OF_METHOD.values()) == set(AdapterKind)
 
 
 def test_loading_from_bytes_equals_loading_from_path(tiny_backbone, tmp_path):

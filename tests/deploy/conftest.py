@@ -14,7 +14,7 @@ import torch
 
 from mosaserve.adapters.backbone import BackboneSpec, load_backbone, save_backbone
 from mosaserve.deploy.config import ServeConfig
-from mosaserve.deploy.ray_settings import init_ray
+from mosaserve.deploy.process import init_ray
 
 from ..conftest import TINY_VIT
 from ..runtime.helpers import adapter_bytes, random_model
@@ -114,7 +114,7 @@ def service(ray_cluster, tmp_path_factory) -> Service:
     root: Path = tmp_path_factory.mktemp("service")
     backbone, info = load_backbone(TINY_VIT)
     save_backbone(backbone, root / "backbone.safetensors")
-    config = ServeConfig(
+    config = ServeConfig.of(
         backbone=BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(root / "backbone.safetensors")),
         store_dir=str(root / "store"), replicas=2, replica_num_cpus=0.5, torch_threads=1, max_batch_size=8,
         batch_wait_timeout_s=0.02, admin_token=TOKEN, max_request_bytes=256 * 1024, max_image_pixels=1_000_000,

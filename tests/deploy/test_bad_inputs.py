@@ -35,9 +35,9 @@ def encoded(size: tuple[int, int], fmt: str) -> bytes:
 def assumptions_hold(service, assumes: dict) -> None:
     """The expected statuses were written for these limits and this backbone."""
     config = service.config
-    assert assumes["limits"] == asdict(Limits(config.max_request_bytes, config.max_image_pixels,
-                                              config.max_images_per_request, config.max_adapter_bytes,
-                                              config.max_request_pixels))
+    assert assumes["limits"] == asdict(Limits(config.limits.max_request_bytes, config.limits.max_image_pixels,
+                                              config.limits.max_images_per_request, config.runtime.max_adapter_bytes,
+                                              config.limits.max_request_pixels))
     assert (CORPUS_BACKBONE.name, CORPUS_BACKBONE.kwargs) == (TINY_VIT.name, TINY_VIT.kwargs)
     assert assumes["backbone"]["fingerprint"] == service.info.fingerprint
     served = requests.get(f"{service.url}/v1/tasks/__backbone__", timeout=30).json()["backbone"]
@@ -106,7 +106,7 @@ def test_every_bad_input_is_refused_with_its_4xx_while_valid_requests_succeed(se
     assert health.status_code == 200 and health.json() == {"status": "ok", "replicas": 2, "admin_url": admin_url}
     listed = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
     assert listed == {"__backbone__": None, task_id: 1}  # no corpus id registered; bad replacements changed nothing
-    store = Path(service.config.store_dir)
+    store = Path(service.config.runtime.store_dir)
     files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
     assert files == [".lock", "manifest.json", f"tasks/{task_id}/v000001.safetensors"]
     assert not PWNED.exists()

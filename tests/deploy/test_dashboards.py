@@ -13,15 +13,15 @@ import pytest
 import requests
 
 import mosaserve.deploy
-from mosaserve.deploy.dashboard_check import QueryFailure, check_dashboard, instant_query
-from mosaserve.deploy.dashboard_queries import dashboard_expressions, render, template_values
+from mosaserve.deploy.observability.dashboard_check import QueryFailure, check_dashboard, instant_query
+from mosaserve.deploy.observability.dashboard_queries import dashboard_expressions, render, template_values
 
 from .conftest import TOKEN, free_port
 from .prometheus_server import PrometheusServer, prometheus_binary, scrape_config
 from .test_service import png
 
-DEPLOY = Path(mosaserve.deploy.__file__).parent
-DASHBOARD = json.loads((DEPLOY / "grafana" / "mosaserve.json").read_text())
+OBSERVABILITY = Path(mosaserve.deploy.__file__).parent / "observability"
+DASHBOARD = json.loads((OBSERVABILITY / "grafana" / "mosaserve.json").read_text())
 TASKS = ("dash-a", "dash-b", "dash-c", "__backbone__")
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -30,7 +30,7 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 def prometheus(service, tmp_path_factory):
     """Prometheus scraping the test service every second with the shipped config."""
     binary = prometheus_binary()
-    config = scrape_config(DEPLOY / "prometheus.yml", service.url, "1s")
+    config = scrape_config(OBSERVABILITY / "prometheus.yml", service.url, "1s")
     server = PrometheusServer(binary, config, tmp_path_factory.mktemp("prometheus"), free_port())
     try:
         server.wait_ready()
@@ -144,7 +144,7 @@ def test_shipped_prometheus_config_passes_promtool():
     promtool = Path(prometheus_binary()).with_name("promtool")
     if not promtool.exists():
         pytest.skip(f"no promtool beside {promtool.parent}/prometheus")
-    checked = subprocess.run([str(promtool), "check", "config", str(DEPLOY / "prometheus.yml")],
+    checked = subprocess.run([str(promtool), "check", "config", str(OBSERVABILITY / "prometheus.yml")],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

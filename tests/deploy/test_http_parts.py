@@ -12,10 +12,9 @@ import pytest
 from PIL import Image
 
 from mosaserve.adapters.images import BadImageError, ImageTooLargeError, decode_image
-from mosaserve.deploy.auth import require_admin
 from mosaserve.deploy.config import ServeConfig, ServeConfigError, ServeFile, read_serve_file
-from mosaserve.deploy.errors import ApiError
-from mosaserve.deploy.request_body import images_from_body, read_limited
+from mosaserve.deploy.http.errors import RequestError, status_of
+from mosaserve.deploy.http.requests import images_from_body, read_limited, require_admin
 
 SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 
@@ -65,26 +64,26 @@ async def _chunks(*parts: bytes):
 
 def test_bodies_are_read_within_limits():
     assert asyncio.run(read_limited(_chunks(b"ab", b"cd"), None, 4, "body")) == b"abcd"
-    with pytest.raises(ApiError) as declared:
+    with pytest.raises(RequestError) as declared:
         asyncio.run(read_limited(_chunks(b"ab"), "999", 4, "body"))
-    with pytest.raises(ApiError) as streamed:
+    with pytest.raises(RequestError) as streamed:
         asyncio.run(read_limited(_chunks(b"abc", b"de"), None, 4, "body"))  # a lying or absent length
-    assert declared.value.status == streamed.value.status == 413
+    assert status_of(declared.value) == status_of(streamed.value) == 413
 
 
 def test_declared_lengths_that_are_not_ascii_digits_are_left_to_the_streamed_check():
     # "²".isdigit() is true, but int("²") raises: it must not escape as a server error.
     assert asyncio.run(read_limited(_chunks(b"ab"), "\u00b2", 4, "body")) == b"ab"
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(RequestError) as caught:
         asyncio.run(read_limited(_chunks(b"abcde"), "\u00b2", 4, "body"))
-    assert caught.value.status == 413
+    assert status_of(caught.value) == 413
 
 
 def test_json_nested_deeper_than_the_parser_recurses_is_a_400():
     for body in (b"[" * 100_000, b'{"a":' * 50_000):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(RequestError) as caught:
             images_from_body(body, "application/json", 4)
-        assert caught.value.status == 400 and "nested too deeply" in caught.value.message
+        assert status_of(caught.value) == 400 and "nested too deeply" in str(caught.value)
 
 
 def test_images_come_raw_or_as_base64_json():
@@ -96,21 +95,21 @@ def test_images_come_raw_or_as_base64_json():
     for bad, status in ((b"", 400), (b"{", 400), (b"[]", 400), (b'{"image": 3}', 400), (b'{"images": []}', 400),
                         (b'{"image": "a", "images": ["a"]}', 400), (b'{"image": "%%%"}', 400),
                         (f'{{"images": ["{b64}"] }}'.replace(f'"{b64}"', ", ".join([f'"{b64}"'] * 5)).encode(), 413)):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(RequestError) as caught:
             images_from_body(bad, "application/json", 4)
-        assert caught.value.status == status, bad
+        assert status_of(caught.value) == status, bad
 
 
 def test_admin_token_is_required_and_compared_exactly():
     require_admin("Bearer s3cret", "s3cret")
     require_admin("bearer s3cret", "s3cret")
     for header in (None, "", "Bearer", "Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(RequestError) as caught:
             require_admin(header, "s3cret")
-        assert caught.value.status == 401
-    with pytest.raises(ApiError) as disabled:
+        assert status_of(caught.value) == 401
+    with pytest.raises(RequestError) as disabled:
         require_admin("Bearer anything", None)
-    assert disabled.value.status == 403
+    assert status_of(disabled.value) == 403
 
 
 def test_the_shipped_serve_config_builds_the_application():
@@ -120,9 +119,9 @@ def test_the_shipped_serve_config_builds_the_application():
 
     file = read_serve_file(SERVE_CONFIG)
     assert (file.host, file.port) == ("127.0.0.1", 8000)
-    assert file.settings.backbone == EMBEDDED_BACKBONE == ServeConfig().backbone  # the embedded default
-    assert file.settings.backbone.kwargs["img_size"] == 28 and file.settings.replicas == 1
-    assert (file.settings.admin_port, file.settings.admin_host) == (8001, "127.0.0.1")  # uploads off the serving path
+    assert file.settings.runtime.backbone == EMBEDDED_BACKBONE == ServeConfig().runtime.backbone  # the embedded default
+    assert file.settings.runtime.backbone.kwargs["img_size"] == 28 and file.settings.serving.replicas == 1
+    assert (file.settings.board.admin_port, file.settings.board.admin_host) == (8001, "127.0.0.1")  # uploads off the serving path
     app = build_app(file.settings)
     assert type(app).__name__ == "Application"
 
@@ -138,15 +137,14 @@ def test_the_default_bind_address_is_loopback(tmp_path):
 
 
 def test_decoded_pixels_in_flight_are_taken_up_to_the_limit_and_given_back():
-    from mosaserve.deploy.errors import ApiError
-    from mosaserve.deploy.in_flight import PixelsInFlight
+    from mosaserve.deploy.http.requests import PixelsInFlight
 
     budget = PixelsInFlight(100)
     budget.take(60)
     budget.take(40)  # exactly the limit
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestError) as refused:
         budget.take(1)
-    assert refused.value.status == 503 and refused.value.retry_after_s == 1 and budget.held == 100
+    assert status_of(refused.value) == 503 and refused.value.retry_after_s == 1 and budget.held == 100
     budget.give_back(60)
     budget.take(50)
     assert budget.held == 90
@@ -155,13 +153,15 @@ def test_decoded_pixels_in_flight_are_taken_up_to_the_limit_and_given_back():
 def test_a_change_no_live_replica_serves_is_not_called_servable_everywhere():
     import json
 
-    from mosaserve.deploy.board import ChangeReply
-    from mosaserve.deploy.task_change_routes import _answer
+    from mosaserve.deploy.http.admin import answer_change
+    from mosaserve.deploy.messages import ChangeReply
 
-    served = _answer(ChangeReply(True, 201, "registered", 7, {"version": 1}, replicas=("r1", "r2")), 0.0, {})
+    served = answer_change(ChangeReply(created=True, generation=7, task={"version": 1}, replicas=("r1", "r2")), 0.0, {})
     assert served.status_code == 201 and json.loads(served.body)["servable_everywhere"] is True
+    replaced = answer_change(ChangeReply(generation=8, task={"version": 2}, replicas=("r1",)), 0.0, {})
+    assert replaced.status_code == 200
     # Every replica forgotten (dead or restarting) after the board learnt the backbone: stored, served by none.
-    nobody = _answer(ChangeReply(True, 201, "registered", 7, {"version": 1}), 0.0, {})
+    nobody = answer_change(ChangeReply(created=True, generation=7, task={"version": 1}), 0.0, {})
     assert nobody.status_code == 202 and json.loads(nobody.body)["servable_everywhere"] is False
     assert json.loads(nobody.body)["replicas"] == 0
 
@@ -171,7 +171,7 @@ def test_admin_token_comes_from_config_or_environment(monkeypatch):
     assert ServeConfig().resolved_admin_token() is None
     monkeypatch.setenv("MOSASERVE_ADMIN_TOKEN", "from-env")
     assert ServeConfig().resolved_admin_token() == "from-env"
-    assert ServeConfig(admin_token="from-config").resolved_admin_token() == "from-config"
+    assert ServeConfig.of(admin_token="from-config").resolved_admin_token() == "from-config"
     monkeypatch.setenv("MOSASERVE_ADMIN_TOKEN", "naïve")
     with pytest.raises(ServeConfigError, match="MOSASERVE_ADMIN_TOKEN must be a non-empty string of ASCII"):
         ServeConfig().resolved_admin_token()
@@ -192,7 +192,7 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
             ServeConfig.from_dict({"admin_port": port})
     with pytest.raises(ServeConfigError, match="sync_coalesce_s must not be negative"):
         ServeConfig.from_dict({"sync_coalesce_s": -0.1})
-    assert ServeConfig(sync_coalesce_s=0).sync_coalesce_s == 0  # one store pass per change
+    assert ServeConfig.of(sync_coalesce_s=0).board.sync_coalesce_s == 0  # one store pass per change
     with pytest.raises(ServeConfigError, match="admin_host must be"):
         ServeConfig.from_dict({"admin_host": " "})
     # A token an Authorization header cannot carry as written would fail or lock out every admin request.
@@ -203,17 +203,17 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
         ServeConfig.from_dict({"max_pixels_in_flight": 10})
     with pytest.raises(ServeConfigError, match="default_top_k must be at most 1000"):
         ServeConfig.from_dict({"default_top_k": 1001})  # else every request without ?top_k would get a 400
-    assert ServeConfig().admin_port is None and ServeConfig(admin_port=0).admin_port == 0
+    assert ServeConfig().board.admin_port is None and ServeConfig.of(admin_port=0).board.admin_port == 0
     # Caught when the config is read, not when a replica builds its first batch.
     for bad, message in [({"dtype": "int8"}, "dtype must be one of"), ({"dtype": "float"}, "dtype must be one of"),
                          ({"device": "gpu0"}, "unknown device 'gpu0'"), ({"strategy": "fastest"}, "strategy must be one of")]:
         with pytest.raises(ServeConfigError, match=message):
             ServeConfig.from_dict(bad)
     on_gpu = ServeConfig.from_dict({"device": "cuda:1", "dtype": "bfloat16"})
-    assert on_gpu.runtime_config().device == "cuda:1" and on_gpu.replica_num_gpus == 1
+    assert on_gpu.runtime.device == "cuda:1" and on_gpu.replica_num_gpus == 1
     assert ServeConfig().replica_num_gpus == 0
     custom = ServeConfig.from_dict({"backbone": {"name": "vit_base_patch16_224", "checkpoint": "/models/b16.safetensors"}})
-    assert custom.backbone.checkpoint == "/models/b16.safetensors" and custom.backbone.kwargs == {}
+    assert custom.runtime.backbone.checkpoint == "/models/b16.safetensors" and custom.runtime.backbone.kwargs == {}
     two_apps = tmp_path / "two.yaml"
     two_apps.write_text("applications: [{name: a}, {name: b}]\n")
     with pytest.raises(ServeConfigError, match="exactly one application"):
@@ -221,7 +221,7 @@ def test_config_refuses_typos_and_bad_values(tmp_path):
 
 
 def test_an_admin_port_in_use_fails_the_board_s_start_with_a_clear_error():
-    from mosaserve.deploy.admin_api import listen
+    from mosaserve.deploy.http.admin import listen
 
     taken = listen("127.0.0.1", 0)
     try:
@@ -238,7 +238,7 @@ def test_freezing_the_startup_heap_frees_its_garbage_first_and_hides_the_rest_fr
     import gc
     import weakref
 
-    from mosaserve.deploy.heap import freeze_startup_heap
+    from mosaserve.deploy.process import freeze_startup_heap
 
     class Node:
         pass
@@ -261,7 +261,7 @@ def test_a_heap_frozen_for_a_measurement_is_released_after_it_unless_the_process
     import gc
     import weakref
 
-    from mosaserve.deploy.heap import heap_frozen
+    from mosaserve.deploy.process import heap_frozen
 
     class Node:
         pass
@@ -283,3 +283,20 @@ def test_a_heap_frozen_for_a_measurement_is_released_after_it_unless_the_process
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_readme_config_table_is_the_one_generated_from_the_settings_help():
+    from mosaserve.deploy.config import GROUPS, config_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert config_table() in readme
+    assert all(f.metadata.get("help") for kind in GROUPS.values() for f in kind.__dataclass_fields__.values())
+
+
+def test_settings_come_grouped_or_by_their_own_names_and_land_in_their_group():
+    flat = ServeConfig.from_dict({"replicas": 2, "admin_port": 0, "dtype": "bfloat16"})
+    grouped = ServeConfig.from_dict({"serving": {"replicas": 2}, "board": {"admin_port": 0}, "runtime": {"dtype": "bfloat16"}})
+    assert flat == grouped and flat.serving.replicas == 2 and flat.board.admin_port == 0
+    assert flat.runtime.dtype == "bfloat16" and flat.limits == ServeConfig().limits
+    with pytest.raises(ServeConfigError, match="serving must be a mapping"):
+        ServeConfig.from_dict({"serving": 2})

@@ -9,7 +9,7 @@ from dataclasses import replace
 import requests
 
 from mosaserve.cli import main
-from mosaserve.deploy.per_task_models import per_task_models_app
+from mosaserve.loadtests.per_task_models import per_task_models_app
 from mosaserve.loadtests.inputs import noise_png
 from mosaserve.loadtests.runner import MODEL_ID_HEADER
 
@@ -80,7 +80,7 @@ def test_per_task_model_baseline_answers_as_mosaserve_does(service):
     finally:
         serve.delete("baseline")
     # In mosaserve's dtype, so that a bfloat16 comparison times bfloat16 models on both sides.
-    serve.run(per_task_models_app(replace(service.config, dtype="bfloat16"), max_models=2), name="baseline",
+    serve.run(per_task_models_app(service.config.with_settings(dtype="bfloat16"), max_models=2), name="baseline",
               route_prefix="/baseline")
     try:
         answer = _baseline_answer(url, image)

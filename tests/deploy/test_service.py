@@ -36,7 +36,7 @@ def jpeg(size=(24, 18)) -> bytes:
 
 def holding_store_writer_lock(service):
     """The store's own writer lock (its flock), held here: the service's writes wait until it is let go."""
-    return AdapterStore(service.config.store_dir)._flocked()
+    return AdapterStore(service.config.runtime.store_dir)._flocked()
 
 
 def expected_top(service, model, image_bytes: bytes) -> tuple[str, float]:
@@ -229,7 +229,7 @@ def test_a_burst_of_changes_reaches_a_replica_in_passes_at_least_sync_coalesce_s
 
     from ray import serve
 
-    board, window = serve.get_deployment_handle("TaskBoard", APP), service.config.sync_coalesce_s
+    board, window = serve.get_deployment_handle("TaskBoard", APP), service.config.board.sync_coalesce_s
     assert window > 0
     generation = board.status.remote().result(timeout_s=30)["generation"]
     replies, answers = [], []
@@ -271,7 +271,7 @@ def test_the_task_board_that_accepts_uploads_runs_below_the_serving_replicas_os_
     board, replicas = processes_of("#TaskBoard#"), processes_of("#TaskReplica#")
     assert len(board) == 1 and len(replicas) == 2
     serving = {r.nice() for r in replicas}  # Ray starts its workers at 15
-    lowered = min(19, serving.pop() + service.config.board_nice)
+    lowered = min(19, serving.pop() + service.config.board.board_nice)
     assert len(serving) == 0 and lowered > 15
     board_threads = [psutil.Process(board[0].pid)] + [psutil.Process(t.id) for t in board[0].threads()]
     assert {t.nice() for t in board_threads} == {lowered}  # every thread: Ray's calls arrive on threads of their own
@@ -384,7 +384,7 @@ def test_the_board_s_admin_port_changes_tasks_as_the_main_port_does(service):
     bad = put(b"definitely not safetensors")
     assert bad.status_code == 422 and "safetensors" in bad.json()["error"].lower()
     assert put(b"").status_code == 422
-    assert put(b"\0" * (service.config.max_adapter_bytes + 1)).status_code == 413
+    assert put(b"\0" * (service.config.runtime.max_adapter_bytes + 1)).status_code == 413
     assert put(first, url=f"{admin}/v1/tasks/bad..id").status_code == 400
     assert service.predict("side-door", png()).status_code == 404  # nothing refused was published
 
@@ -491,7 +491,7 @@ def test_a_dataset_on_disk_becomes_a_live_task_through_the_sidecar_path(service,
         for i in range(10):
             Image.new("L", (18, 18), colour + (i % 3)).save(tmp_path / "shades" / name / f"{i}.png")
     rows = run_demo(tmp_path / "out", ("mosa",), f"folder:{tmp_path / 'shades'}", train_cfg=TrainConfig(epochs=1),
-                    progress=False, backbone_spec=service.config.backbone)
+                    progress=False, backbone_spec=service.config.runtime.backbone)
     answer = register_adapter(service.url, "shades", rows[0].file.read_bytes(), "test-admin-token")
     assert answer["servable_everywhere"] and answer["task"]["labels"] == ["dark", "light"]
     served = service.predict("shades", png(color=(220, 220, 220)))
@@ -603,7 +603,7 @@ def test_training_job_resumes_after_the_sidecar_is_killed_and_publishes_once(ser
     from mosaserve.adapters.train_state import load_train_state
     from mosaserve.runtime.store import AdapterStore
 
-    store, epochs = AdapterStore(service.config.store_dir), 40
+    store, epochs = AdapterStore(service.config.runtime.store_dir), 40
     body = {"task_id": "survivor", "dataset": "digits", "epochs": epochs, "train_size": 600, "test_size": 60}
     job_id = start_job_and_wait_for_first_epoch(service, body)["job_id"]
     job_dir = service.config.resolved_jobs_dir() / job_id
@@ -637,6 +637,6 @@ def test_training_job_whose_checkpoint_is_damaged_while_the_sidecar_is_down_fail
     assert job["state"] == "failed" and job["restarts"] == 1, job
     assert job["error"].startswith("JobResumeError: cannot resume: training checkpoint"), job
     assert "unreadable" in job["error"]
-    assert "casualty" not in AdapterStore(service.config.store_dir).entries()
+    assert "casualty" not in AdapterStore(service.config.runtime.store_dir).entries()
     assert requests.get(f"{service.url}/v1/tasks/casualty", timeout=30).status_code == 404
     assert not checkpoint.exists()

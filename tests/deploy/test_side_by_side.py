@@ -9,7 +9,7 @@ import json
 
 
 def test_side_by_side_measures_every_system_in_one_run(ray_cluster, tmp_path):
-    from mosaserve.deploy.side_by_side import CompareSpec, compare_on_cluster
+    from mosaserve.loadtests.side_by_side import CompareSpec, compare_on_cluster
 
     from ..conftest import TINY_VIT
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from mosaserve.deploy.config import ServeConfig, ServeConfigError
-from mosaserve.deploy.train_job_records import JobRecords, JobRecordsBusyError
-from mosaserve.deploy.train_jobs import JobStatus, TrainRequest, status_after_restart
+from mosaserve.deploy.training.records import JobRecords, JobRecordsBusyError
+from mosaserve.deploy.training.jobs import JobStatus, TrainRequest, status_after_restart
 
 REQUEST = TrainRequest(task_id="cats", dataset="digits", epochs=5)
 
@@ -58,10 +58,10 @@ def test_only_one_sidecar_owns_a_jobs_folder_until_its_process_lets_go(tmp_path)
 
 
 def test_jobs_dir_defaults_beside_the_store_and_never_overlaps_it(tmp_path):
-    assert ServeConfig(store_dir=str(tmp_path / "store")).resolved_jobs_dir() == tmp_path / "store-jobs"
+    assert ServeConfig.of(store_dir=str(tmp_path / "store")).resolved_jobs_dir() == tmp_path / "store-jobs"
     assert ServeConfig.from_dict({"jobs_dir": tmp_path / "j"}).resolved_jobs_dir() == tmp_path / "j"
     for jobs_dir in (tmp_path / "store", tmp_path / "store" / "jobs", tmp_path):
         with pytest.raises(ServeConfigError, match="must not contain each other"):
-            ServeConfig(store_dir=str(tmp_path / "store"), jobs_dir=str(jobs_dir))
+            ServeConfig.of(store_dir=str(tmp_path / "store"), jobs_dir=str(jobs_dir))
     with pytest.raises(ServeConfigError, match="jobs_dir"):
-        ServeConfig(jobs_dir=" ")
+        ServeConfig.of(jobs_dir=" ")

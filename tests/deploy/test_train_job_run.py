@@ -11,9 +11,9 @@ from PIL import Image
 
 from mosaserve.adapters.backbone import load_backbone
 from mosaserve.adapters.file_format import load_adapter
-from mosaserve.deploy.train_job_records import JobRecords
-from mosaserve.deploy.train_job_run import JobCancelled, JobResumeError, run_job
-from mosaserve.deploy.train_jobs import JobStatus, TrainRequest, status_after_restart
+from mosaserve.deploy.training.records import JobRecords
+from mosaserve.deploy.training.run import JobCancelled, JobResumeError, run_job
+from mosaserve.deploy.training.jobs import JobStatus, TrainRequest, status_after_restart
 
 from ..conftest import TINY_VIT
 

@@ -99,6 +99,19 @@ def test_bank_refuses_a_header_that_misdescribes_the_backbone_it_names(tiny_back
     assert not bank.snapshot()
 
 
+def test_bank_refuses_a_kind_without_a_serving_form(tiny_backbone, monkeypatch):
+    from mosaserve.adapters.config import AdapterKind
+    from mosaserve.runtime.resident import SERVING_FORMS
+
+    backbone, info = tiny_backbone
+    adapter = adapter_file(random_model(copy.deepcopy(backbone), seed=5, method="lora"), info)
+    monkeypatch.delitem(SERVING_FORMS, AdapterKind.LORA)
+    bank = AdapterBank(info)
+    with pytest.raises(AdapterFileError, match="adapter kind 'lora' is not servable"):
+        bank.register("x", adapter, version=1)
+    assert not bank.snapshot()
+
+
 @pytest.mark.parametrize("bad", ["", "../etc", "a/b", "..", ".hidden", "x" * 129, "naïve", BACKBONE_TASK, "a\\b"])
 def test_task_ids_are_names_never_paths(bad):
     with pytest.raises(InvalidTaskIdError):

@@ -2,11 +2,13 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mosaserve.adapters.bottleneck import LAYER_NORM_EPS
-from mosaserve.runtime.resident import FoldedBottlenecks, make_resident
+from mosaserve.adapters.config import METHODS, AdapterKind
+from mosaserve.runtime.resident import SERVING_FORMS, FoldedBottlenecks, make_resident
 
 from .helpers import random_model
 
@@ -53,3 +55,20 @@ def test_lora_and_head_only_tasks_have_no_bottlenecks(tiny_backbone):
         resident = resident_of(random_model(copy.deepcopy(backbone), seed=13, method=method), len(backbone.blocks))
         assert resident.bottlenecks is None
         assert bool(resident.qkv) == (method == "lora")
+
+
+def test_every_adapter_kind_has_a_serving_form():
+    assert set(SERVING_FORMS) == set(AdapterKind)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_make_resident_builds_each_kind_with_its_registered_form(tiny_backbone, monkeypatch, method):
+    backbone, _ = tiny_backbone
+    model = random_model(copy.deepcopy(backbone), seed=14, method=method)
+    calls = []
+    real = SERVING_FORMS[model.config.kind]
+    monkeypatch.setitem(SERVING_FORMS, model.config.kind, lambda *args: calls.append(args[2]) or real(*args))
+    resident = resident_of(model, len(backbone.blocks))
+    assert calls == [model.config.resolve_blocks(len(backbone.blocks))]
+    assert (resident.bottlenecks is not None) == (model.config.kind is AdapterKind.BOTTLENECK)
+    assert bool(resident.qkv) == (model.config.kind is AdapterKind.LORA)

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mosaserve.adapters.backbone import save_backbone
 from mosaserve.runtime.errors import UnknownTaskError
-from mosaserve.runtime.metrics import BatchMetrics, RequestMetrics, exposition, merge_expositions
+from mosaserve.deploy.observability.metrics import BatchMetrics, RequestMetrics, exposition, merge_expositions
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
 from mosaserve.runtime.task_ids import BACKBONE_TASK
 

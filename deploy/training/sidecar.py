@@ -6,7 +6,7 @@ succeeds once every replica serves it. A failure or a cancel publishes nothing: 
 exists only in memory until the atomic publish. Cancelling takes effect at the next epoch end; a
 job past its last epoch is not cancelled (it answers cancel_requested false and goes live).
 
-Jobs outlive the sidecar (deploy/train_job_records.py): every job's record and its last checkpoint
+Jobs outlive the sidecar (deploy/training/records.py): every job's record and its last checkpoint
 are on disk, so when Serve restarts a sidecar that crashed or was killed, the new one lists finished
 jobs again, queues the waiting ones and resumes the interrupted one from its last epoch end. A job
 that cannot resume (checkpoint damaged, dataset gone or changed) fails with the reason.
@@ -26,14 +26,14 @@ import torch
 from prometheus_client import CollectorRegistry
 from ray import serve
 
-from ..adapters.backbone import load_backbone
-from ..adapters.task_training import TrainedTask
-from ..runtime.metrics import TrainingMetrics
-from .config import ServeConfig
-from .metrics_push import report_metrics_forever
-from .train_job_records import JobRecord, JobRecords
-from .train_job_run import JobCancelled, run_job
-from .train_jobs import JobStatus, TrainRequest, status_after_restart
+from ...adapters.backbone import load_backbone
+from ...adapters.task_training import TrainedTask
+from ..observability.metrics import TrainingMetrics
+from ..config import ServeConfig
+from ..observability.push import report_metrics_forever
+from .records import JobRecord, JobRecords
+from .run import JobCancelled, run_job
+from .jobs import JobStatus, TrainRequest, status_after_restart
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ OWNERSHIP_TIMEOUT_S = 60.0  # how long a new sidecar waits for an old one to let
 @serve.deployment
 class TrainingSidecar:
     async def __init__(self, config: ServeConfig, board) -> None:
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        if config.serving.torch_threads:
+            torch.set_num_threads(config.serving.torch_threads)
         self.config, self.board = config, board
         self.jobs: dict[str, JobStatus] = {}
         self._requests: dict[str, TrainRequest] = {}
@@ -162,13 +162,13 @@ class TrainingSidecar:
     def _register(self, job: JobStatus, trained: TrainedTask) -> int:
         """As an upload: validated, published atomically, announced; answered once every replica serves it."""
         reply = self.board.register.remote(job.task_id, trained.file_bytes).result(timeout_s=300)
-        if not reply.ok:
-            raise RuntimeError(f"registration refused ({reply.status}): {reply.message}")
+        if reply.error is not None:
+            raise RuntimeError(f"registration refused ({type(reply.error).__name__}): {reply.error}")
         return reply.task["version"]
 
     def _load_backbone(self):
         if self._backbone is None:
-            self._backbone = load_backbone(self.config.backbone)
+            self._backbone = load_backbone(self.config.runtime.backbone)
         return self._backbone
 
     def _finish(self, job: JobStatus, state: str, error: str | None = None) -> None:

@@ -24,9 +24,9 @@ from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.config import AdapterConfig
 from ..adapters.file_format import AdapterFile, AdapterHeader
 from ..adapters.model import AdaptedViT
-from .bank import AdapterBank
-from .device import local_device, serving_dtype
-from .executor import MixedTaskExecutor
+from ..runtime.bank import AdapterBank
+from ..runtime.device import local_device, serving_dtype
+from ..runtime.executor import MixedTaskExecutor
 
 
 def random_task(backbone, info, method: str, r: int, seed: int, classes: int = 10) -> tuple[AdapterFile, AdaptedViT]:

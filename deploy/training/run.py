@@ -15,14 +15,14 @@ from typing import Callable
 
 from torch import nn
 
-from ..adapters.backbone import BackboneInfo
-from ..adapters.datasets import ImageDataset, load_dataset
-from ..adapters.errors import TrainStateError
-from ..adapters.task_training import TrainedTask, split_for_training, train_task
-from ..adapters.train_state import TrainState
-from ..adapters.training import TrainConfig
-from .train_job_records import JobRecords
-from .train_jobs import JobStatus, TrainRequest
+from ...adapters.backbone import BackboneInfo
+from ...adapters.datasets import ImageDataset, load_dataset
+from ...adapters.errors import TrainStateError
+from ...adapters.task_training import TrainedTask, split_for_training, train_task
+from ...adapters.train_state import TrainState
+from ...adapters.training import TrainConfig
+from .records import JobRecords
+from .jobs import JobStatus, TrainRequest
 
 
 class JobCancelled(Exception):

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from ..adapters.atomic_write import write_atomically
-from ..adapters.train_state import TrainState, load_train_state, save_train_state
-from .train_jobs import JobStatus, TrainRequest
+from ...adapters.atomic_write import write_atomically
+from ...adapters.train_state import TrainState, load_train_state, save_train_state
+from .jobs import JobStatus, TrainRequest
 
 log = logging.getLogger(__name__)
 

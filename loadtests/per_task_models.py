@@ -25,29 +25,29 @@ from ..adapters.loading import build_adapted_model
 from ..adapters.preprocess import Preprocessor
 from ..runtime.device import parse_device, serving_dtype
 from ..runtime.store import AdapterStore
-from .config import ServeConfig
+from ..deploy.config import ServeConfig
 
 app = FastAPI(title="per-task models (baseline)")
 
 
 def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
     """`max_models` per replica; -1 keeps every task's model (memory grows with the task count)."""
-    device, dtype = parse_device(config.device), serving_dtype(config.dtype)
+    device, dtype = parse_device(config.runtime.device), serving_dtype(config.runtime.dtype)
 
-    @serve.deployment(name="PerTaskModels", num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-                      ray_actor_options={"num_cpus": config.replica_num_cpus, "num_gpus": config.replica_num_gpus})
+    @serve.deployment(name="PerTaskModels", num_replicas=config.serving.replicas, max_ongoing_requests=config.serving.max_ongoing_requests,
+                      ray_actor_options={"num_cpus": config.serving.replica_num_cpus, "num_gpus": config.replica_num_gpus})
     @serve.ingress(app)
     class PerTaskModels:
         def __init__(self) -> None:
-            if config.torch_threads:
-                torch.set_num_threads(config.torch_threads)
-            self.backbone, self.info = load_backbone(config.backbone)
+            if config.serving.torch_threads:
+                torch.set_num_threads(config.serving.torch_threads)
+            self.backbone, self.info = load_backbone(config.runtime.backbone)
             self.preprocess = Preprocessor(self.info)
-            self.store = AdapterStore(config.store_dir)
+            self.store = AdapterStore(config.runtime.store_dir)
             self.registry = CollectorRegistry()
             ProcessCollector(registry=self.registry)  # its memory, to set beside mosaserve's
-            self.classify.set_max_batch_size(config.max_batch_size)
-            self.classify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+            self.classify.set_max_batch_size(config.serving.max_batch_size)
+            self.classify.set_batch_wait_timeout_s(config.serving.batch_wait_timeout_s)
 
         @serve.multiplexed(max_num_models_per_replica=max_models)
         async def model_of(self, task_id: str):
@@ -65,7 +65,7 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
             if serve.get_multiplexed_model_id() != task_id:
                 raise HTTPException(400, "send the task id in the serve_multiplexed_model_id header too")
             try:
-                image = decode_image(await request.body(), config.max_image_pixels)
+                image = decode_image(await request.body(), config.limits.max_image_pixels)
             except BadImageError as exc:
                 raise HTTPException(400, str(exc)) from exc
             try:

@@ -1,6 +1,5 @@
 """The HTTP API (FastAPI, OpenAPI docs at /docs): validation, decoding and auth here, model work in replicas."""
 
-
 import asyncio
 import time
 
@@ -10,62 +9,64 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from .. import __version__
-from ..adapters.images import BadImageError, ImageTooLargeError, decode_image, image_pixels
-from ..runtime.metrics import RequestMetrics, exposition, merge_expositions
-from ..runtime.task_ids import BACKBONE_TASK
-from .auth import require_admin
-from .config import MAX_TOP_K, ServeConfig
-from .errors import ApiError
-from .heap import freeze_startup_heap
-from .http_errors import add_error_handlers
-from .in_flight import PixelsInFlight
-from .metrics_push import report_metrics_forever
-from .replica import PredictItem, RowReply
-from .replica_calls import predict_row
-from .request_body import images_from_body, json_document, read_limited
-from .task_change_routes import register_task, remove_task, valid_task_id
-from .train_jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
+from ... import __version__
+from ...adapters.images import BadImageError, decode_image, image_pixels
+from ...runtime.answers import Answer
+from ...runtime.errors import UnknownTaskError
+from ...runtime.task_ids import BACKBONE_TASK, validate_task_id
+from ..config import MAX_TOP_K, ServeConfig
+from ..messages import PredictItem, RowReply
+from ..observability.metrics import RequestMetrics, exposition, merge_expositions
+from ..observability.push import report_metrics_forever
+from ..process import freeze_startup_heap
+from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
+from .admin import register_task, remove_task
+from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
+from .requests import PixelsInFlight, images_from_body, json_document, read_limited, require_admin
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
 OTHER_TASK = "(other)"  # metric label for ids not (yet) known to be registered: keeps label cardinality bounded
 add_error_handlers(app)
-
-
-# A deployment this request needed (the task board, the sidecar) died while answering; Serve starts a
-# new one within seconds. Say so as a 503, and that a change may already have been made.
-@app.exception_handler(RayActorError)
-@app.exception_handler(ActorUnavailableError)
-async def _part_restarting(request: Request, exc: Exception) -> JSONResponse:
-    message = f"a part of the service restarted while answering ({type(exc).__name__}); retry in a few seconds"
-    if request.method != "GET":
-        message += ". The change may already have been made: read it back before sending it again"
-    return JSONResponse({"error": message, "status": 503}, status_code=503, headers={"Retry-After": "2"})
+REPLICA_GONE = (RayActorError, ActorUnavailableError)
+ATTEMPTS = 4
 
 
 # Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
-def _as_api_error(index: int, read, data: bytes, max_pixels: int):
-    """`read(data, max_pixels)` for the request's image `index`, its failures as the HTTP errors they are."""
+async def predict_row(replicas, item: PredictItem) -> RowReply:
+    """A prediction changes no state, so a row whose replica died mid-batch is sent again: Serve's router
+    stops picking a dead replica once it sees it gone. Calls go by reference, not over Serve's gRPC data
+    plane, whose router kept finished calls counted against a replica (BENCHMARKS.md)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await replicas.predict.remote(item)
+        except REPLICA_GONE as exc:
+            if attempt == ATTEMPTS:
+                raise Overloaded(f"no serving replica answered ({type(exc).__name__}); retry later",
+                                 retry_after_s=2) from exc
+            await asyncio.sleep(0.1 * attempt)  # let the router notice the dead replica
+
+
+def _image(index: int, read, data: bytes, max_pixels: int):
+    """`read(data, max_pixels)` for the request's image `index`; its errors name the image."""
     try:
         return read(data, max_pixels)
-    except ImageTooLargeError as exc:
-        raise ApiError(413, f"image {index}: {exc}") from exc
-    except BadImageError as exc:
-        raise ApiError(400, f"image {index}: {exc}") from exc
+    except BadImageError as exc:  # too large, or not an image
+        raise type(exc)(f"image {index}: {exc}") from exc
 
 
-def _prediction(reply: RowReply) -> dict:
-    answer = reply.answer
+def _prediction(answer: Answer, replica: str) -> dict:
     if answer.embedding is not None:
-        return {"version": None, "embedding": list(answer.embedding), "replica": reply.replica}
+        return {"version": None, "embedding": list(answer.embedding), "replica": replica}
     return {"version": answer.version, "top_k": [{"label": l, "probability": p} for l, p in answer.top],
-            "replica": reply.replica}
+            "replica": replica}
 
 
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
+    """The main port: validates and decodes requests, sends rows to the replicas and changes to the task board."""
+
     async def __init__(self, config: ServeConfig, replicas, board, trainer) -> None:
         self.config, self.replicas, self.board, self.trainer = config, replicas, board, trainer
         self.admin_token = config.resolved_admin_token()
@@ -73,7 +74,7 @@ class Ingress:
         self.registry = CollectorRegistry()
         self.metrics = RequestMetrics(self.registry)
         self.known_tasks: set[str] = {BACKBONE_TASK}
-        self.in_flight = PixelsInFlight(config.max_pixels_in_flight)
+        self.in_flight = PixelsInFlight(config.limits.max_pixels_in_flight)
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, self.process_id, self.registry))
         freeze_startup_heap()
@@ -85,10 +86,10 @@ class Ingress:
         began = time.perf_counter()
         try:
             body = await self._predict(task_id, request, top_k)
-        except ApiError as exc:
+        except Exception as exc:
             label = task_id if task_id in self.known_tasks else OTHER_TASK
             self.metrics.requests.labels(label).inc()
-            self.metrics.errors.labels(label, str(exc.status)).inc()
+            self.metrics.errors.labels(label, str(status_of(exc))).inc()
             raise
         elapsed = time.perf_counter() - began
         self.known_tasks.add(task_id)
@@ -99,13 +100,13 @@ class Ingress:
 
     async def _predict(self, task_id: str, request: Request, top_k: int | None) -> dict:
         if task_id != BACKBONE_TASK:
-            valid_task_id(task_id)
-        k = self.config.default_top_k if top_k is None else top_k
+            validate_task_id(task_id)
+        k = self.config.limits.default_top_k if top_k is None else top_k
         if not 1 <= k <= MAX_TOP_K:
-            raise ApiError(400, f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
-                                 self.config.max_request_bytes, "request body")
-        encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.max_images_per_request)
+                                 self.config.limits.max_request_bytes, "request body")
+        encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.limits.max_images_per_request)
         pixels = await asyncio.to_thread(self._pixels_of, encoded)
         self.in_flight.take(pixels)  # on the event loop, right before the try: a cancel can never skip giving back
         try:
@@ -116,28 +117,28 @@ class Ingress:
             )
         finally:
             self.in_flight.give_back(pixels)  # the replicas are done with them
-        failed = next((r for r in replies if r.error), None)
+        failed = next((r.result for r in replies if isinstance(r.result, Exception)), None)
         if failed is not None:
-            raise ApiError(failed.status, failed.error)
+            raise failed
         return {
             "task_id": task_id,
-            "version": replies[0].answer.version,
-            "predictions": [_prediction(r) for r in replies],
+            "version": replies[0].result.version,
+            "predictions": [_prediction(r.result, r.replica) for r in replies],
             "queue_ms": round(max(r.queue_s for r in replies) * 1000, 3),
         }
 
     def _pixels_of(self, encoded: list[bytes]) -> int:
         """The request's pixels, from every image's header: a request over a budget decodes none."""
-        limit = self.config.max_image_pixels
-        total = sum(_as_api_error(index, image_pixels, data, limit) for index, data in enumerate(encoded))
-        if total > self.config.max_request_pixels:
-            raise ApiError(413, f"the request's {len(encoded)} images hold {total} pixels together; the limit is "
-                                f"{self.config.max_request_pixels}: send fewer or smaller images per request")
+        limit = self.config.limits.max_image_pixels
+        total = sum(_image(index, image_pixels, data, limit) for index, data in enumerate(encoded))
+        if total > self.config.limits.max_request_pixels:
+            raise TooLarge(f"the request's {len(encoded)} images hold {total} pixels together; the limit is "
+                                f"{self.config.limits.max_request_pixels}: send fewer or smaller images per request")
         return total
 
     def _decode_all(self, encoded: list[bytes]) -> list:
-        limit = self.config.max_image_pixels
-        return [_as_api_error(index, decode_image, data, limit) for index, data in enumerate(encoded)]
+        limit = self.config.limits.max_image_pixels
+        return [_image(index, decode_image, data, limit) for index, data in enumerate(encoded)]
 
     # --- tasks -----------------------------------------------------------------------------
     @app.get("/v1/tasks")
@@ -148,10 +149,10 @@ class Ingress:
     @app.get("/v1/tasks/{task_id}")
     async def get_task(self, task_id: str) -> dict:
         if task_id != BACKBONE_TASK:
-            valid_task_id(task_id)
+            validate_task_id(task_id)
         found = await self.replicas.describe.remote(task_id)
         if found is None:
-            raise ApiError(404, f"task {task_id!r} is not registered")
+            raise UnknownTaskError(f"task {task_id!r} is not registered")
         return found
 
     @app.put("/v1/tasks/{task_id}")
@@ -175,7 +176,7 @@ class Ingress:
         require_admin(request.headers.get("authorization"), self.admin_token)
         raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_TRAIN_REQUEST_BYTES,
                                  "request body")
-        job = await self.trainer.submit.remote(parse_train_request(json_document(raw or b"null"), self.config.datasets_root))
+        job = await self.trainer.submit.remote(parse_train_request(json_document(raw or b"null"), self.config.training.datasets_root))
         return JSONResponse(job, status_code=202)
 
     @app.get("/v1/train/{job_id}")
@@ -194,7 +195,7 @@ class Ingress:
     async def _job(self, method, job_id: str) -> dict:
         found = await method.remote(job_id)
         if found is None:
-            raise ApiError(404, f"no training job {job_id!r}")
+            raise NotFound(f"no training job {job_id!r}")
         return found
 
     # --- operations ------------------------------------------------------------------------

@@ -21,20 +21,20 @@ from pathlib import Path
 
 from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.file_format import encode_adapter
-from ..loadtests.inputs import noise_png
-from ..loadtests.metrics_sampler import resident_memory
-from ..loadtests.mixes import make_mix
-from ..loadtests.report import format_rows
-from ..loadtests.runner import Target
-from ..loadtests.scenarios import LoadSpec, run_scenario
-from ..loadtests.process_cost import measure_prediction_cost, measure_upload_cost
-from ..runtime.benchmark import machine_description, random_task
+from .inputs import noise_png
+from .metrics_sampler import resident_memory
+from .mixes import make_mix
+from .report import format_rows
+from .runner import Target
+from .scenarios import LoadSpec, run_scenario
+from .process_cost import measure_prediction_cost, measure_upload_cost
+from .runtime_bench import machine_description, random_task
 from ..runtime.device import local_device, serving_dtype
 from ..runtime.store import AdapterStore
-from .app import build_app
-from .config import ServeConfig
+from ..deploy.app import build_app
+from ..deploy.config import ServeConfig
 from .per_task_models import per_task_models_app
-from .ray_settings import init_ray
+from ..deploy.process import init_ray
 
 APP = "side-by-side"
 TOKEN = "side-by-side-admin"
@@ -45,7 +45,7 @@ class CompareSpec:
     backbone: BackboneSpec = BackboneSpec("vit_tiny_patch16_224")  # seeded random weights: speed does not depend on them
     # Every system computes here, the baseline's per-task models too ("cuda" and "bfloat16" on a GPU; bfloat16
     # also on a CPU with AMX, where it is 2-3x faster than float32 from 4 rows a batch on, or with avx512_bf16
-    # alone, 1.7-1.9x at any batch size: BENCHMARKS.md, sessions 10 and 11).
+    # alone, 1.7-1.9x at any batch size: BENCHMARKS.md).
     device: str = "cpu"
     dtype: str = "float32"
     task_counts: tuple[int, ...] = (10, 100)
@@ -101,7 +101,7 @@ def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Pat
 
 
 def _config(spec: CompareSpec, root: Path) -> ServeConfig:
-    return ServeConfig(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
+    return ServeConfig.of(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
                        device=spec.device, dtype=spec.dtype, torch_threads=spec.torch_threads,
                        max_batch_size=spec.max_batch_size, batch_wait_timeout_s=spec.batch_wait_timeout_s,
                        admin_token=TOKEN, registration_timeout_s=60, admin_port=0)
@@ -109,13 +109,13 @@ def _config(spec: CompareSpec, root: Path) -> ServeConfig:
 
 def _make_adapters(config: ServeConfig, count: int, uploads: int, r: int) -> tuple[list[str], list[bytes]]:
     """`count` random tasks published to the store, and `uploads` more adapter files for the registration burst."""
-    backbone, info = load_backbone(config.backbone)
+    backbone, info = load_backbone(config.runtime.backbone)
 
     def encoded(seed: int) -> bytes:
         file, _ = random_task(backbone, info, "mosa", r, seed=seed)
         return encode_adapter(file.header, file.tensors)
 
-    store, tasks = AdapterStore(config.store_dir), [f"task{i:03d}" for i in range(count)]
+    store, tasks = AdapterStore(config.runtime.store_dir), [f"task{i:03d}" for i in range(count)]
     for seed, task in enumerate(tasks):
         store.publish(task, encoded(seed))
     return tasks, [encoded(10_000 + i) for i in range(uploads)]

@@ -15,13 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..adapters.config import METHODS
-from ..adapters.datasets import BUILTIN_DATASETS
-from ..runtime.errors import InvalidTaskIdError
-from ..runtime.task_ids import validate_task_id
-from .errors import ApiError
+from ...adapters.config import METHODS
+from ...adapters.datasets import BUILTIN_DATASETS
+from ...runtime.task_ids import validate_task_id
 
 MAX_TRAIN_REQUEST_BYTES = 64 * 1024  # a POST /v1/train body: a small JSON document
+
+
+class TrainRequestError(ValueError):
+    """A training request that cannot be run as sent."""
+
 
 LIMITS = {"epochs": (1, 1000), "train_size": (2, 1_000_000), "test_size": (1, 1_000_000), "seed": (0, 2**31 - 1)}
 
@@ -86,43 +89,40 @@ def status_after_restart(job: JobStatus, max_restarts: int) -> JobStatus:
 
 def parse_train_request(doc: Any, datasets_root: str | None) -> TrainRequest:
     if not isinstance(doc, dict):
-        raise ApiError(400, "the body must be a JSON object with task_id and dataset")
+        raise TrainRequestError("the body must be a JSON object with task_id and dataset")
     unknown = set(doc) - {f for f in TrainRequest.__dataclass_fields__}
     if unknown or "task_id" not in doc or "dataset" not in doc:
-        raise ApiError(400, f"needs task_id and dataset; optional: method, epochs, train_size, test_size, lr, seed"
+        raise TrainRequestError(f"needs task_id and dataset; optional: method, epochs, train_size, test_size, lr, seed"
                             f"{'; unknown: ' + str(sorted(unknown)) if unknown else ''}")
-    try:
-        validate_task_id(doc["task_id"])
-    except InvalidTaskIdError as exc:
-        raise ApiError(400, str(exc)) from exc
+    validate_task_id(doc["task_id"])
     if doc.get("method", "mosa") not in METHODS:
-        raise ApiError(400, f"method must be one of {METHODS}")
+        raise TrainRequestError(f"method must be one of {METHODS}")
     for name, (low, high) in LIMITS.items():
         if name not in doc:
             continue
         value = doc[name]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ApiError(400, f"{name} must be an integer from {low} to {high}")
+            raise TrainRequestError(f"{name} must be an integer from {low} to {high}")
     lr = doc.get("lr", 5e-3)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
-        raise ApiError(400, "lr must be a number in (0, 1]")
+        raise TrainRequestError("lr must be a number in (0, 1]")
     return TrainRequest(**{**doc, "dataset": resolve_dataset(doc["dataset"], datasets_root), "lr": float(lr)})
 
 
 def resolve_dataset(reference: Any, datasets_root: str | None) -> str:
     if not isinstance(reference, str):
-        raise ApiError(400, "dataset must be a string")
+        raise TrainRequestError("dataset must be a string")
     if reference in BUILTIN_DATASETS:
         return reference
     kind, _, relative = reference.partition(":")
     if kind not in ("folder", "list") or not relative:
-        raise ApiError(400, f"dataset must be one of {sorted(BUILTIN_DATASETS)}, folder:PATH or list:PATH")
+        raise TrainRequestError(f"dataset must be one of {sorted(BUILTIN_DATASETS)}, folder:PATH or list:PATH")
     if datasets_root is None:
-        raise ApiError(400, "file datasets are disabled: set datasets_root in the config")
+        raise TrainRequestError("file datasets are disabled: set datasets_root in the config")
     if "\0" in relative:
-        raise ApiError(400, "dataset path must not contain a NUL byte")
+        raise TrainRequestError("dataset path must not contain a NUL byte")
     root = Path(datasets_root).resolve()
     path = (root / relative).resolve()
     if Path(relative).is_absolute() or not path.is_relative_to(root):
-        raise ApiError(400, f"dataset path {relative!r} must be relative to datasets_root and stay inside it")
+        raise TrainRequestError(f"dataset path {relative!r} must be relative to datasets_root and stay inside it")
     return f"{kind}:{path}"

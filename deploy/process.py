@@ -1,0 +1,73 @@
+"""Process settings for serving: a heap the collector leaves alone, a lower OS priority, Ray's inline-call size.
+
+- Garbage collection: a full collection walks every container object a replica holds (about
+  500,000 once torch, timm, Ray and Serve are loaded) with the interpreter lock held, stalling every
+  request in flight (BENCHMARKS.md); what exists once a process has started is moved out of its sight.
+- Priority: processes whose work can wait (the task board, training) yield the cores to serving.
+- Ray: arguments up to `max_direct_call_object_size` travel with the call; a decoded image, an adapter
+  upload and a request body are just over the 100 KiB default, so it is raised to 1 MiB (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def freeze_startup_heap() -> None:
+    """Call once a process has loaded what it keeps: later full collections walk only newer objects."""
+    gc.collect()  # what start-up left as garbage goes now, rather than living on frozen
+    gc.freeze()
+
+
+@contextmanager
+def heap_frozen() -> Iterator[None]:
+    """For a measurement: what exists when it starts is out of the collector's sight until it ends (any
+    garbage among it is freed by the first collection after)."""
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:  # a process that froze its own heap keeps it frozen
+            gc.unfreeze()
+
+
+def lower_priority(levels: int) -> None:
+    """Puts every thread of this process `levels` nice levels below its main thread's (Ray's workers
+    run at 15), capped at 19. On Linux nice is per thread: Serve runs `__init__` on a thread of its
+    own and Ray's calls arrive on others; threads started later inherit their starter's level."""
+    target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + levels)
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():  # not Linux: nice is per process
+        os.setpriority(os.PRIO_PROCESS, os.getpid(), target)
+        return
+    for tid in (int(name) for name in os.listdir(tasks)):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
+RAY_ENV = {"RAY_max_direct_call_object_size": str(1 << 20)}
+
+
+def actor_options(**options: Any) -> dict[str, Any]:
+    """`ray_actor_options` for a mosaserve deployment: its worker runs with RAY_ENV on any cluster (Serve adds
+    these variables to whatever runtime_env the application's config gives)."""
+    return {**options, "runtime_env": {"env_vars": dict(RAY_ENV)}}
+
+
+def init_ray(**options: Any) -> None:
+    """`ray.init(**options)` with RAY_ENV in this process's environment first (a value already set wins): a
+    cluster it starts runs every process with it, Serve's HTTP proxy too. A cluster it joins keeps what it
+    was started with; start one with the same variables (README)."""
+    import ray
+
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    ray.init(**options)
