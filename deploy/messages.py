@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..adapters.config import AdapterKind
 from ..adapters.file_format import AdapterHeader
 from ..runtime.answers import Answer
 
@@ -52,7 +53,7 @@ def summarize(task_id: str, version: int, header: AdapterHeader) -> dict:
         "task_id": task_id,
         "version": version,
         "method": header.adapter.method,
-        "r": header.adapter.r if header.adapter.kind != "head_only" else 0,
+        "r": header.adapter.r if header.adapter.kind is not AdapterKind.HEAD_ONLY else 0,
         "num_classes": header.num_classes,
         "labels": list(header.labels),
         "backbone": {"name": header.backbone.name, "fingerprint": header.backbone.fingerprint},
