@@ -15,9 +15,15 @@ def _numbers(text: str, kind=float) -> tuple:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from .adapters.demo import format_rows, run_demo
     from .adapters.training import TrainConfig
+    from .deploy.process import background_torch_threads, yield_to_serving
 
+    if not args.full_priority:  # a service on this machine keeps its cores; the threads started later follow
+        yield_to_serving()
+        torch.set_num_threads(background_torch_threads())
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,
                     args.test_size, cfg, progress=not args.no_progress)
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-size", type=int, default=1000)
     train.add_argument("--out", default="out/demo", help="folder for the backbone and adapter files")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--full-priority", action="store_true",
+                       help="train at normal OS priority on every core (default: only on CPU time a service on "
+                            "this machine leaves idle, with half the cores' torch threads)")
     train.set_defaults(func=_train)
     bench = sub.add_parser("bench", help="benchmarks; writes JSON and prints a table")
     bench.add_argument("target", choices=["runtime"])

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
+from ..runtime.errors import ServiceBusyError
 from .board import TaskBoard
 from .config import ServeConfig
 from .http.ingress import Ingress
@@ -27,13 +29,17 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         name="TaskReplica",
         num_replicas=config.serving.replicas,
         max_ongoing_requests=config.serving.max_ongoing_requests,
+        max_queued_requests=config.serving.max_queued_requests,
         ray_actor_options=actor_options(
             num_cpus=config.serving.replica_num_cpus, num_gpus=config.replica_num_gpus),
     ).bind(config, board)
     trainer = TrainingSidecar.options(name="TrainingSidecar",
                                       ray_actor_options=actor_options(num_cpus=config.training.trainer_num_cpus)
                                       ).bind(config, board)
+    # Past max_queued_requests Serve's HTTP proxy answers 503 with Retry-After itself, before any decoding.
     return Ingress.options(name="Ingress", max_ongoing_requests=4 * config.serving.max_ongoing_requests,
+                           max_queued_requests=config.serving.max_queued_requests,
+                           backpressure_config=BackpressureConfig(retry_after_s=ServiceBusyError.retry_after_s),
                            ray_actor_options=actor_options(num_cpus=0)).bind(config, replicas, board, trainer)
 
 

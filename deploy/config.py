@@ -45,9 +45,12 @@ class ServingSettings:
     max_ongoing_requests: int = setting(128, "rows a replica takes at once (Serve's default of 5 keeps batches tiny)")
     replica_num_cpus: float = setting(1.0, "CPUs Ray reserves for each replica")
     torch_threads: int | None = setting(None, "torch threads per replica; null: torch's default")
+    # Serve's max_queued_requests, counted at each caller: the HTTP proxy for the ingress, the ingress for replicas.
+    max_queued_requests: int = setting(64, "requests (rows, for a replica) waiting for a free slot of a deployment; "
+                                           "past it one is answered 503 with Retry-After at once")
 
     def __post_init__(self) -> None:
-        _positive(self, "replicas", "max_batch_size", "max_ongoing_requests")
+        _positive(self, "replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus) < 0:
             raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
 
@@ -64,10 +67,12 @@ class RequestLimits:
     max_pixels_in_flight: int = setting(8 * DEFAULT_MAX_PIXELS, "decoded pixels the ingress holds for all requests "
                                                                 "at once; past it a request is answered 503 at once")
     default_top_k: int = setting(5, "labels a prediction lists when the request does not say")
+    request_timeout_s: float = setting(10.0, "a prediction's deadline; a client's X-Request-Timeout-Ms may shorten "
+                                             "it. Rows past it are dropped unbatched and answered 504")
 
     def __post_init__(self) -> None:
         _positive(self, "max_request_bytes", "max_image_pixels", "max_images_per_request", "max_request_pixels",
-                  "max_pixels_in_flight", "default_top_k")
+                  "max_pixels_in_flight", "default_top_k", "request_timeout_s")
         if self.max_pixels_in_flight < self.max_request_pixels:
             raise ServeConfigError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
                                    f"max_request_pixels ({self.max_request_pixels}), or no such request could pass")

@@ -23,6 +23,7 @@ class PredictItem:
     task_id: str
     top_k: int
     sent_at: float  # wall clock at the ingress, for the queue wait
+    deadline: float  # wall clock after which no answer may leave: the row is dropped, not computed
 
 
 @dataclass(frozen=True)

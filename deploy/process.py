@@ -3,7 +3,8 @@
 - Garbage collection: a full collection walks every container object a replica holds (about
   500,000 once torch, timm, Ray and Serve are loaded) with the interpreter lock held, stalling every
   request in flight (BENCHMARKS.md); what exists once a process has started is moved out of its sight.
-- Priority: processes whose work can wait (the task board, training) yield the cores to serving.
+- Priority: processes whose work can wait (the task board, training) yield the cores to serving; Ray starts
+  its workers, the serving replicas among them, at nice 15, so a trainer must go lower than that.
 - Ray: arguments up to `max_direct_call_object_size` travel with the call; a decoded image, an adapter
   upload and a request body are just over the 100 KiB default, so it is raised to 1 MiB (BENCHMARKS.md).
 """
@@ -51,6 +52,21 @@ def lower_priority(levels: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
         except ProcessLookupError:  # the thread ended meanwhile
             pass
+
+
+def yield_to_serving() -> None:
+    """The calling thread, and the threads it starts later (torch's among them), run only on CPU time no
+    other process wants: Linux's SCHED_IDLE (per thread), elsewhere the lowest nice level. Training beside
+    serving then takes idle cores and steps aside the moment a request needs them."""
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
+def background_torch_threads() -> int:
+    """Half the cores for torch in a process that trains beside serving: the other half stays free."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 RAY_ENV = {"RAY_max_direct_call_object_size": str(1 << 20)}

@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 
 from ..runtime.answers import Answer
-from ..runtime.errors import InferenceFailedError
+from ..runtime.errors import DeadlineExceededError, InferenceFailedError
 from ..runtime.task_ids import BACKBONE_TASK
 from ..runtime.task_runtime import BatchOutcome, RowError, SyncReport, TaskRuntime
+from .admission import Admission
 from .config import ServeConfig
 from .messages import PredictItem, RowReply, summarize
 from .observability.metrics import BatchMetrics, exposition
@@ -42,6 +43,7 @@ class TaskReplica:
         self.replica_id = f"replica-{serve.get_replica_context().replica_id.unique_id}"
         self.registry = CollectorRegistry()
         self.metrics = BatchMetrics(self.registry)
+        self.admission = Admission()
         # Join the board BEFORE reading the store, so no change announced meanwhile is missed.
         generation = await board.heartbeat.remote(self.replica_id, None, None)
         self.runtime = await asyncio.to_thread(TaskRuntime, config.runtime)
@@ -62,16 +64,43 @@ class TaskReplica:
 
     # --- inference -------------------------------------------------------------------------
     async def predict(self, item: PredictItem) -> RowReply:
-        return await self._batched(item)
+        """The row's answer; refused at once if the rows ahead would outlast its deadline."""
+        refusal = self.admission.refusal(time.time(), item.deadline)
+        if refusal is not None:
+            self.metrics.refused.inc()
+            return RowReply(refusal, 0.0, 0, self.replica_id)
+        self._hold(1)
+        try:
+            return await self._batched(item)
+        except asyncio.CancelledError:  # the caller gave up: Serve's batcher drops the row unless its batch runs
+            self.metrics.dropped.labels("deadline_passed" if time.time() >= item.deadline else "client_gone").inc()
+            raise
+        finally:
+            self._hold(-1)
+
+    def _hold(self, rows: int) -> None:
+        self.admission.held += rows
+        self.metrics.held_rows.set(self.admission.held)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[PredictItem]) -> list[RowReply]:
         started = time.time()
+        live = [item for item in items if item.deadline > started]  # the others' callers are giving up now
+        served = iter(await self._run(live, started) if live else ())
+        return [next(served) if item.deadline > started else self._too_late(item, started) for item in items]
+
+    def _too_late(self, item: PredictItem, started: float) -> RowReply:
+        self.metrics.dropped.labels("deadline_passed").inc()
+        late = DeadlineExceededError("the request's deadline passed while it waited for a batch; it was not computed")
+        return RowReply(late, max(started - item.sent_at, 0.0), 0, self.replica_id)
+
+    async def _run(self, items: list[PredictItem], started: float) -> list[RowReply]:
         try:
             outcome = await asyncio.to_thread(self._serve, items)
         except Exception:  # noqa: BLE001 - one bad row must not fail its batch: retry the rows one by one
             log.exception("batch of %d failed; serving its rows one by one", len(items))
             return [await self._serve_alone(item, started) for item in items]
+        self.admission.served(len(items), time.time() - started)
         self._record_batch(items, outcome, started)
         return [self._reply(item, answer, started, len(items)) for item, answer in zip(items, outcome.answers)]
 

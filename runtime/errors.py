@@ -30,3 +30,13 @@ class InferenceFailedError(RuntimeError):
 
 class BackboneNotReadyError(RuntimeError):
     """No serving replica has loaded the backbone yet, so an upload cannot be validated against it."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """A request's deadline passed before its answer: its rows are dropped, never computed late."""
+
+
+class ServiceBusyError(RuntimeError):
+    """A replica holds more rows than it can serve before this request's deadline: refused at once."""
+
+    retry_after_s = 1  # the queue a full replica holds drains in about this long

@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...adapters.errors import AdapterFileError
 from ...adapters.images import BadImageError, ImageTooLargeError
-from ...runtime.errors import (BackboneNotReadyError, InferenceFailedError, InvalidTaskIdError, NonFiniteOutputError,
-                               UnknownTaskError)
+from ...runtime.errors import (BackboneNotReadyError, DeadlineExceededError, InferenceFailedError, InvalidTaskIdError,
+                               NonFiniteOutputError, ServiceBusyError, UnknownTaskError)
 from ..training.jobs import TrainRequestError
 
 
@@ -64,8 +64,9 @@ STATUS: dict[type, int] = {
     TooLarge: 413,
     EmptyUpload: 422, AdapterFileError: 422,
     NonFiniteOutputError: 500, InferenceFailedError: 500,  # a task's adapter, or the service, is at fault
-    Overloaded: 503, BackboneNotReadyError: 503,
+    Overloaded: 503, ServiceBusyError: 503, BackboneNotReadyError: 503,
     RayActorError: 503, ActorUnavailableError: 503,  # a deployment died while answering; Serve restarts it
+    DeadlineExceededError: 504,
 }
 PART_RESTARTING = (RayActorError, ActorUnavailableError)
 

@@ -3,16 +3,17 @@
 import asyncio
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 
 from ... import __version__
 from ...adapters.images import BadImageError, decode_image, image_pixels
 from ...runtime.answers import Answer
-from ...runtime.errors import UnknownTaskError
+from ...runtime.errors import DeadlineExceededError, ServiceBusyError, UnknownTaskError
 from ...runtime.task_ids import BACKBONE_TASK, validate_task_id
 from ..config import MAX_TOP_K, ServeConfig
 from ..messages import PredictItem, RowReply
@@ -22,7 +23,7 @@ from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, remove_task
 from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
-from .requests import PixelsInFlight, images_from_body, json_document, read_limited, require_admin
+from .requests import DEADLINE_HEADER, PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -30,6 +31,8 @@ OTHER_TASK = "(other)"  # metric label for ids not (yet) known to be registered:
 add_error_handlers(app)
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 ATTEMPTS = 4
+# What a request answered without a prediction counts as in `mosaserve_requests_shed_total`.
+SHED_REASON = ((ServiceBusyError, "queue_full"), (Overloaded, "queue_full"), (DeadlineExceededError, "deadline_passed"))
 
 
 # Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
@@ -40,11 +43,23 @@ async def predict_row(replicas, item: PredictItem) -> RowReply:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await replicas.predict.remote(item)
+        except BackPressureError as exc:  # the rows waiting for a replica reached max_queued_requests
+            raise ServiceBusyError(f"every replica is full and {exc}; retry later") from exc
         except REPLICA_GONE as exc:
             if attempt == ATTEMPTS:
                 raise Overloaded(f"no serving replica answered ({type(exc).__name__}); retry later",
                                  retry_after_s=2) from exc
             await asyncio.sleep(0.1 * attempt)  # let the router notice the dead replica
+
+
+async def _by_deadline(answers, budget_s: float):
+    """`answers` awaited at most `budget_s`: past it they are cancelled (the replicas drop the rows) and the
+    request fails, so no answer ever leaves after its deadline."""
+    try:
+        return await asyncio.wait_for(answers, max(budget_s, 0.0))
+    except TimeoutError as exc:
+        raise DeadlineExceededError(f"no answer within the request's deadline ({DEADLINE_HEADER} or the service's "
+                                    f"request_timeout_s)") from exc
 
 
 def _image(index: int, read, data: bytes, max_pixels: int):
@@ -81,15 +96,25 @@ class Ingress:
 
     # --- inference -------------------------------------------------------------------------
     @app.post("/v1/tasks/{task_id}/predict")
-    async def predict(self, task_id: str, request: Request, top_k: int | None = None) -> JSONResponse:
-        """Classify one image (raw JPEG/PNG body) or several (JSON {"image": b64} or {"images": [b64, ...]})."""
+    async def predict(self, task_id: str, request: Request, top_k: int | None = None,
+                      timeout_ms: int | None = Header(None, alias=DEADLINE_HEADER, ge=1, description=(
+                          "the request's deadline in milliseconds, at most the service's request_timeout_s: an "
+                          "answer not ready by then is dropped and the request answered 504"))) -> JSONResponse:
+        """Classify one image (raw JPEG/PNG body) or several (JSON {"image": b64} or {"images": [b64, ...]}).
+        Answered 503 with Retry-After at once when the service cannot serve it before its deadline."""
         began = time.perf_counter()
         try:
-            body = await self._predict(task_id, request, top_k)
+            body = await self._predict(task_id, request, top_k, deadline_of(timeout_ms, self.config.limits.request_timeout_s))
+        except asyncio.CancelledError:  # the client went away; Serve cancels the rows it sent on, too
+            self.metrics.shed.labels("client_gone").inc()
+            raise
         except Exception as exc:
             label = task_id if task_id in self.known_tasks else OTHER_TASK
             self.metrics.requests.labels(label).inc()
             self.metrics.errors.labels(label, str(status_of(exc))).inc()
+            reason = next((reason for kind, reason in SHED_REASON if isinstance(exc, kind)), None)
+            if reason is not None:
+                self.metrics.shed.labels(reason).inc()
             raise
         elapsed = time.perf_counter() - began
         self.known_tasks.add(task_id)
@@ -98,7 +123,7 @@ class Ingress:
         body["latency_ms"] = round(elapsed * 1000, 3)
         return JSONResponse(body)
 
-    async def _predict(self, task_id: str, request: Request, top_k: int | None) -> dict:
+    async def _predict(self, task_id: str, request: Request, top_k: int | None, deadline: float) -> dict:
         if task_id != BACKBONE_TASK:
             validate_task_id(task_id)
         k = self.config.limits.default_top_k if top_k is None else top_k
@@ -112,9 +137,8 @@ class Ingress:
         try:
             images = await asyncio.to_thread(self._decode_all, encoded)
             sent_at = time.time()
-            replies: list[RowReply] = await asyncio.gather(
-                *(predict_row(self.replicas, PredictItem(image, task_id, k, sent_at)) for image in images)
-            )
+            rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline)) for image in images]
+            replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
         finally:
             self.in_flight.give_back(pixels)  # the replicas are done with them
         failed = next((r.result for r in replies if isinstance(r.result, Exception)), None)

@@ -11,9 +11,20 @@ import base64
 import binascii
 import hmac
 import json
+import time
 from typing import AsyncIterator
 
 from .errors import AdminDisabled, BadRequest, Overloaded, TooLarge, Unauthorized
+
+
+DEADLINE_HEADER = "X-Request-Timeout-Ms"
+
+
+def deadline_of(timeout_ms: int | None, default_s: float) -> float:
+    """The wall-clock time a prediction must be answered by: the client's timeout may shorten the service's
+    default, never lengthen it, so one client cannot hold the queues longer than the operator allows."""
+    budget_s = default_s if timeout_ms is None else min(default_s, timeout_ms / 1000)
+    return time.time() + budget_s
 
 
 def require_admin(authorization: str | None, token: str | None) -> None:

@@ -17,6 +17,15 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SHED_REASONS = ("queue_full", "deadline_passed", "client_gone")
+
+
+def _counter_by(name: str, doc: str, label: str, values: tuple[str, ...], registry: CollectorRegistry) -> Counter:
+    """A counter whose every label value is exported from the start: a rate over it reads 0, not "no data"."""
+    counter = Counter(name, doc, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 def _watch_process(registry: CollectorRegistry) -> None:
@@ -36,6 +45,10 @@ class RequestMetrics:
         self.latency = Histogram("mosaserve_request_latency_seconds",
                                  "End-to-end server-side latency of an inference request, per task.", ["task"],
                                  buckets=LATENCY_BUCKETS, registry=registry)
+        self.shed = _counter_by("mosaserve_requests_shed", "Inference requests answered without a prediction to "
+                                "keep the others within their deadlines: refused at once while the queues were full "
+                                "(503), past their deadline (504), or given up by their client.",
+                                "reason", SHED_REASONS, registry)
 
 
 class RegistrationMetrics:
@@ -85,6 +98,13 @@ class BatchMetrics:
                                       buckets=LATENCY_BUCKETS, registry=registry)
         self.store_errors = Counter("mosaserve_store_load_errors", "Stored adapters a replica could not load.",
                                     registry=registry)
+        self.held_rows = Gauge("mosaserve_replica_queued_rows", "Rows a replica has admitted and not yet answered.",
+                               registry=registry)
+        self.refused = Counter("mosaserve_replica_refused_rows", "Rows a replica refused at once: those ahead of "
+                               "them would have outlasted their deadline.", registry=registry)
+        self.dropped = _counter_by("mosaserve_replica_dropped_rows", "Admitted rows dropped before their batch ran, "
+                                   "never computed: their deadline passed, or their client went away.",
+                                   "reason", SHED_REASONS[1:], registry)
 
 
 def merge_expositions(texts: dict[str, str]) -> bytes:

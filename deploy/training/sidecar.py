@@ -31,6 +31,7 @@ from ...adapters.task_training import TrainedTask
 from ..observability.metrics import TrainingMetrics
 from ..config import ServeConfig
 from ..observability.push import report_metrics_forever
+from ..process import background_torch_threads, yield_to_serving
 from .records import JobRecord, JobRecords
 from .run import JobCancelled, run_job
 from .jobs import JobStatus, TrainRequest, status_after_restart
@@ -45,8 +46,7 @@ OWNERSHIP_TIMEOUT_S = 60.0  # how long a new sidecar waits for an old one to let
 @serve.deployment
 class TrainingSidecar:
     async def __init__(self, config: ServeConfig, board) -> None:
-        if config.serving.torch_threads:
-            torch.set_num_threads(config.serving.torch_threads)
+        torch.set_num_threads(config.serving.torch_threads or background_torch_threads())
         self.config, self.board = config, board
         self.jobs: dict[str, JobStatus] = {}
         self._requests: dict[str, TrainRequest] = {}
@@ -117,6 +117,7 @@ class TrainingSidecar:
 
     # --- the worker --------------------------------------------------------------------------
     def _work(self) -> None:
+        yield_to_serving()  # this thread trains: the replicas beside it keep the cores they need
         while True:
             job = self.jobs[self._queue.get()]
             with self._transitions:

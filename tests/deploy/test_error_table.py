@@ -19,15 +19,16 @@ from mosaserve.deploy.http.admin import listen
 from mosaserve.deploy.http.errors import (AdminDisabled, BadRequest, EmptyUpload, NotFound, Overloaded, TooLarge,
                                           Unauthorized, add_error_handlers, status_of)
 from mosaserve.deploy.training.jobs import TrainRequestError
-from mosaserve.runtime.errors import (BackboneNotReadyError, InferenceFailedError, InvalidTaskIdError,
-                                      NonFiniteOutputError, UnknownTaskError)
+from mosaserve.runtime.errors import (BackboneNotReadyError, DeadlineExceededError, InferenceFailedError,
+                                      InvalidTaskIdError, NonFiniteOutputError, ServiceBusyError, UnknownTaskError)
 
 EXPECTED = [
     (BadRequest("x"), 400), (InvalidTaskIdError("x"), 400), (TrainRequestError("x"), 400), (BadImageError("x"), 400),
     (Unauthorized("x"), 401), (AdminDisabled("x"), 403), (NotFound("x"), 404), (UnknownTaskError("x"), 404),
     (TooLarge("x"), 413), (ImageTooLargeError("x"), 413), (EmptyUpload("x"), 422), (AdapterFileError("x"), 422),
     (BackboneMismatchError("x"), 422), (NonFiniteOutputError("x"), 500), (InferenceFailedError("x"), 500),
-    (Overloaded("x"), 503), (BackboneNotReadyError("x"), 503), (ZeroDivisionError("x"), 500),
+    (Overloaded("x"), 503), (ServiceBusyError("x"), 503), (BackboneNotReadyError("x"), 503),
+    (DeadlineExceededError("x"), 504), (ZeroDivisionError("x"), 500),
 ]
 
 
@@ -79,6 +80,7 @@ def test_the_handlers_answer_the_tables_status_in_one_shape(error_app):
 def test_retry_after_and_authenticate_headers_go_with_their_statuses(error_app):
     code, headers, body = _call(f"{error_app}/raise/Busy")
     assert (code, headers.get("Retry-After"), body["error"]) == (503, "3", "full")
+    assert _call(f"{error_app}/raise/ServiceBusyError")[1].get("Retry-After") == "1"
     assert _call(f"{error_app}/raise/Unauthorized")[1].get("WWW-Authenticate") == "Bearer"
     code, headers, body = _call(f"{error_app}/raise/Restarting", "PUT")
     assert (code, headers.get("Retry-After")) == (503, "2") and "read it back before sending it again" in body["error"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +302,26 @@ def test_settings_come_grouped_or_by_their_own_names_and_land_in_their_group():
     assert flat.runtime.dtype == "bfloat16" and flat.limits == ServeConfig().limits
     with pytest.raises(ServeConfigError, match="serving must be a mapping"):
         ServeConfig.from_dict({"serving": 2})
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_thread_that_trains_beside_serving_and_the_threads_it_starts_run_only_on_idle_cpu():
+    from mosaserve.deploy.process import yield_to_serving
+
+    policies = {}
+
+    def child() -> None:
+        policies["started later"] = os.sched_getscheduler(0)
+
+    def trainer() -> None:
+        yield_to_serving()
+        policies["trainer"] = os.sched_getscheduler(0)
+        started = threading.Thread(target=child)
+        started.start()
+        started.join()
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    thread.join()
+    assert policies == {"trainer": os.SCHED_IDLE, "started later": os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the thread that asked for nothing keeps its priority
