@@ -9,7 +9,8 @@ from pathlib import Path
 from .inputs import adapter_files, noise_png, registered_tasks
 from .mixes import make_mix
 from .runner import Target
-from .scenarios import LoadSpec, format_scenario, run_scenario
+from .scenarios import SCENARIOS, LoadSpec, format_scenario, run_scenario
+from .training_job import TRAINERS, TrainingJobSpec
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -21,11 +22,13 @@ def run_command(args: argparse.Namespace) -> int:
                     seed=args.seed, burst_factor=args.burst_factor, burst_s=args.burst_seconds,
                     sweep_rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
                     registrations=args.registrations, rounds=args.rounds, registration_every_s=args.registration_every,
-                    allow_remote=args.allow_remote)
+                    training=TrainingJobSpec(args.trainer, epochs=args.train_epochs, train_size=args.train_size),
+                    train_s=args.train_seconds, allow_remote=args.allow_remote)
     image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
     files = adapter_files(Path(args.adapters)) if args.adapters else []
     target = Target(args.url, "image/jpeg" if args.image and args.image.lower().endswith((".jpg", ".jpeg"))
-                    else "image/png", send_model_id=args.model_id_header, admin_url=args.admin_url)
+                    else "image/png", send_model_id=args.model_id_header, admin_url=args.admin_url,
+                    deadline_ms=args.deadline_ms)
     token = args.token or os.environ.get("MOSASERVE_ADMIN_TOKEN")
     doc = run_scenario(args.scenario, target, spec, mix, image, Path(args.out), files, token)
     print(format_scenario(doc))
@@ -35,7 +38,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")
-    parser.add_argument("--scenario", default="steady", choices=["steady", "sweep", "burst", "registrations", "soak"])
+    parser.add_argument("--scenario", default="steady", choices=SCENARIOS,
+                        help="overload and train-while-serving take the capacity from a sweep over --rates, or "
+                             "--rate as the capacity when no rates are given")
     parser.add_argument("--mix", default="uniform", choices=["uniform", "zipf", "single", "backbone"])
     parser.add_argument("--tasks", help="comma-separated task ids (default: every registered task)")
     parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent: weight of rank k is 1/k^s")
@@ -50,6 +55,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="registrations: steady / upload-burst pairs; each phase's percentiles pool its rounds")
     parser.add_argument("--registration-every", type=float, default=10.0, help="soak: seconds between uploads")
+    parser.add_argument("--deadline-ms", type=float, help="send each request's deadline (X-Request-Timeout-Ms); "
+                                                           "overload sends the SLO")
+    parser.add_argument("--trainer", default="sidecar", choices=TRAINERS,
+                        help="train-while-serving: the sidecar API, or `mosaserve train --register` (its defaults, "
+                             "or --full-priority)")
+    parser.add_argument("--train-seconds", type=float, default=90.0,
+                        help="train-while-serving: seconds of load after the job is submitted")
+    parser.add_argument("--train-epochs", type=int, default=3, help="train-while-serving: the job's epochs")
+    parser.add_argument("--train-size", type=int, default=500, help="train-while-serving: the job's training images")
     parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations, soak)")
     parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")
     parser.add_argument("--admin-url", help="send the uploads to the task board's admin port, e.g. "

@@ -32,10 +32,10 @@ def summarise(records: list[RequestRecord], offered_s: float, slo_s: float, serv
         "offered_rps": len(records) / offered_s if offered_s > 0 else 0.0,
         "throughput_rps": len(ok) / served_s if served_s > 0 else 0.0,
         "goodput_rps": good / served_s if served_s > 0 else 0.0,
-        "p50_ms": _ms(percentile(ok, 50)),
-        "p95_ms": _ms(percentile(ok, 95)),
-        "p99_ms": _ms(percentile(ok, 99)),
-        "max_ms": _ms(max(ok) if ok else None),
+        "p50_ms": milliseconds(percentile(ok, 50)),
+        "p95_ms": milliseconds(percentile(ok, 95)),
+        "p99_ms": milliseconds(percentile(ok, 99)),
+        "max_ms": milliseconds(max(ok) if ok else None),
     }
 
 
@@ -63,7 +63,7 @@ def report(result: LoadResult, phases: list[Phase], slo_s: float) -> dict:
         "phases": {name: summarise([r for r in records if r.phase == name], seconds_of[name], slo_s)
                    for name in seconds_of},
         "tasks": {task: summarise(rs, seconds, slo_s, seconds + drain) for task, rs in sorted(by_task.items())},
-        "generator_lag_ms": {"p99": _ms(percentile(result.lag_s, 99)), "max": _ms(max(result.lag_s, default=None))},
+        "generator_lag_ms": {"p99": milliseconds(percentile(result.lag_s, 99)), "max": milliseconds(max(result.lag_s, default=None))},
         "registrations": _registrations(result),
         "first_errors": sorted({r.error for r in records if r.error})[:5],
     }
@@ -76,12 +76,12 @@ def _registrations(result: LoadResult) -> dict:
         "accepted": sum(1 for r in regs if r.status in (200, 201, 202)),
         "servable_everywhere": sum(1 for r in regs if r.servable_everywhere),
         "statuses": dict(sorted(Counter(str(r.status) for r in regs).items())),
-        "p50_ms": _ms(percentile([r.latency_s for r in regs], 50)),
-        "max_ms": _ms(max((r.latency_s for r in regs), default=None)),
+        "p50_ms": milliseconds(percentile([r.latency_s for r in regs], 50)),
+        "max_ms": milliseconds(max((r.latency_s for r in regs), default=None)),
     }
 
 
-def _ms(seconds: float | None) -> float | None:
+def milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..deploy.http.requests import DEADLINE_HEADER
 from ..deploy.process import heap_frozen
 from .schedule import Arrival
 
@@ -28,6 +29,7 @@ class Target:
     send_model_id: bool = False  # also name the task in Serve's multiplexing header
     timeout_s: float = 30.0
     admin_url: str | None = None  # where uploads go (the task board's admin port); None: `url`
+    deadline_ms: float | None = None  # sent as X-Request-Timeout-Ms: the service answers 504 rather than late
 
     def predict_url(self, task: str) -> str:
         return f"{self.url.rstrip('/')}/v1/tasks/{task}/predict"
@@ -112,6 +114,8 @@ async def _predict(session, target: Target, arrival: Arrival, image: bytes, star
     headers = {"Content-Type": target.content_type}
     if target.send_model_id:
         headers[MODEL_ID_HEADER] = arrival.task
+    if target.deadline_ms is not None:
+        headers[DEADLINE_HEADER] = str(round(target.deadline_ms))
     status, error = 0, None
     try:
         async with session.post(target.predict_url(arrival.task), data=image, headers=headers) as response:

@@ -1,4 +1,5 @@
-"""Load-test scenarios: steady rate, rate sweep to the SLO, burst, registrations under load, and soak.
+"""Load-test scenarios: steady rate, rate sweep to the SLO, burst, registrations under load, soak, overload
+(multiples of the capacity a sweep finds) and training beside serving.
 
 Each scenario is a list of phases (see schedule.py), optionally with admin uploads during one of
 them; `run_scenario` sends it, and writes the report (JSON), its table and a latency plot (PNG).
@@ -11,13 +12,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .mixes import TaskMix
+from .overload import Burst, burst_recovery, overload_levels
 from .plot import plot_latency
 from .metrics_sampler import MemorySampler, memory_drift
 from .report import format_report, format_rows, meets_slo, report, summarise
 from .runner import Registration, Target, run_load
 from .schedule import Phase, plan_arrivals
+from .train_while_serving import train_while_serving
+from .training_job import TrainingJobSpec
 
-SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak")
+SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak", "overload", "train-while-serving")
+LEVEL_FIELDS = ("rate", "requests", "goodput_rps", "goodput_vs_capacity", "shed", "shed_p99_ms", "p99_ms",
+                "answers_after_deadline", "client_timeouts")
 WINDOW_FIELDS = ("requests", "errors", "p50_ms", "p99_ms")  # what a soak compares across its windows
 
 
@@ -38,6 +44,8 @@ class LoadSpec:
     upload_prefix: str = "loadtest-"  # registrations: the uploaded tasks' ids start with it
     registration_every_s: float = 10.0  # soak: one upload this often
     windows: int = 5  # soak: latency compared across this many equal spans of the run
+    training: TrainingJobSpec = TrainingJobSpec()  # train-while-serving: the job run beside the load
+    train_s: float = 90.0  # train-while-serving: seconds of load after the job's submission
     allow_remote: bool = False
 
 
@@ -84,6 +92,10 @@ def run_scenario(scenario: str, target: Target, spec: LoadSpec, mix: TaskMix, im
     out_dir.mkdir(parents=True, exist_ok=True)
     if scenario == "sweep":
         doc = _sweep(target, spec, mix, image, out_dir)
+    elif scenario == "overload":
+        doc = _overload(target, spec, mix, image, out_dir)
+    elif scenario == "train-while-serving":
+        doc = _train_while_serving(target, spec, mix, image, out_dir, admin_token)
     elif scenario == "soak":
         doc = _soak(target, spec, mix, image, out_dir, list(adapter_files), admin_token)
     else:
@@ -164,12 +176,46 @@ def _sweep(target, spec, mix, image, out_dir) -> dict:
             "goodput_at_slo_rps": runs[f"{best:g}"]["overall"]["goodput_rps"] if best else 0.0}
 
 
+def _capacity(target, spec, mix, image, out_dir) -> tuple[float, dict | None]:
+    """The highest swept rate within the SLO (with no request refused), or `spec.rate` when no rates are given."""
+    if not spec.sweep_rates:
+        return spec.rate, None
+    sweep = _sweep(target, spec, mix, image, out_dir / "sweep")
+    if sweep["max_rate_within_slo"] is None:
+        raise ValueError(f"no swept rate ({', '.join(f'{r:g}' for r in spec.sweep_rates)}) met the SLO: sweep lower rates")
+    return sweep["max_rate_within_slo"], sweep
+
+
+def _overload(target, spec, mix, image, out_dir) -> dict:
+    """Requests carry the SLO as their deadline, as a client with an objective would send it."""
+    target = replace(target, deadline_ms=spec.slo_s * 1000)
+    capacity, sweep = _capacity(target, spec, mix, image, out_dir)
+    levels = overload_levels(target, capacity, spec.duration_s, spec.warmup_s, spec.slo_s, mix, image, out_dir,
+                             spec.seed, spec.allow_remote)
+    recovery = burst_recovery(target, capacity, Burst(spec.burst_factor, spec.burst_s, calm_s=spec.duration_s),
+                              spec.slo_s, mix, image, out_dir, spec.seed, spec.allow_remote)
+    return {"capacity_rps": capacity, "sweep": sweep, "levels": levels, "recovery": recovery}
+
+
+def _train_while_serving(target, spec, mix, image, out_dir, admin_token) -> dict:
+    capacity, sweep = _capacity(target, spec, mix, image, out_dir)
+    doc = train_while_serving(target, capacity, spec.training, spec.duration_s, spec.train_s, spec.warmup_s,
+                              spec.slo_s, mix, image, out_dir, admin_token, spec.seed, spec.allow_remote)
+    return {**doc, "capacity_rps": capacity, "sweep": sweep}
+
+
 def format_scenario(doc: dict) -> str:
     if doc["scenario"] == "soak":
         soak = doc["soak"]
         windows = {f"from {w['from_s']} s": w for w in soak["windows"]}
         return (format_report(doc) + "\n\n" + format_rows(windows, "soak window", WINDOW_FIELDS) +
                 f"\n\np99 last window / first: {soak['p99_last_over_first']}\nmemory (MiB): {soak['memory']}")
+    if doc["scenario"] == "overload":
+        recovery = doc["recovery"]
+        return (format_rows(doc["levels"], "of capacity", LEVEL_FIELDS) + f"\n\ncapacity {doc['capacity_rps']:g} req/s; "
+                f"burst: {recovery['burst']}; recovered {recovery['recovery_s']} s after the burst ended")
+    if doc["scenario"] == "train-while-serving":
+        return format_report(doc) + f"\ntraining job: {doc['training_job']}\nverdict: {doc['verdict']}"
     if doc["scenario"] != "sweep":
         text = format_report(doc)
         return text + (f"\nverdict: {doc['verdict']}" if "verdict" in doc else "")

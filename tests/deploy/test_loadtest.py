@@ -114,3 +114,36 @@ def test_soak_reports_latency_windows_and_the_memory_of_every_process(service, t
     replicas = [name for name in memory if name.startswith("replica-")]
     assert len(replicas) == 2 and any(name.startswith("ingress-") for name in memory)
     assert all(100 < m["start_mib"] < 8000 and 100 < m["end_mib"] < 8000 for m in memory.values())
+
+
+def test_overload_sends_the_slo_as_deadline_and_reports_every_level_and_the_recovery(service, tmp_path):
+    out = tmp_path / "overload"
+    # No answer can come back within 1 ms over HTTP and Ray, so every request must be shed at its deadline.
+    assert main(["loadtest", "run", "--url", service.url, "--scenario", "overload", "--mix", "backbone", "--rate", "8",
+                 "--duration", "1", "--warmup", "0", "--burst-seconds", "1", "--slo-ms", "1", "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    levels = doc["levels"]
+    assert doc["capacity_rps"] == 8 and list(levels) == ["0.5x", "1x", "1.5x", "2x", "3x"]
+    assert [level["requests"] for level in levels.values()] == [4, 8, 12, 16, 24]
+    for level in levels.values():
+        assert level["errors_by_status"] == {"504": level["requests"]} and level["shed"] == level["requests"]
+        assert level["answers_after_deadline"] == 0 and level["client_timeouts"] == 0 and level["shed_p99_ms"] > 0
+        assert level["goodput_rps"] == 0 and level["goodput_vs_capacity"] is None
+    recovery = doc["recovery"]
+    assert recovery["burst"]["shed"] == 24 and 0 < recovery["recovery_s"] < 1  # the last calm request missed too
+    assert (out / "latency-3x.png").exists() and (out / "latency-burst.png").exists()
+
+
+def test_train_while_serving_runs_a_sidecar_job_beside_the_load_until_its_task_is_live(service, tmp_path):
+    out = tmp_path / "train"
+    assert main(["loadtest", "run", "--url", service.url, "--scenario", "train-while-serving", "--mix", "backbone",
+                 "--rate", "10", "--duration", "2", "--warmup", "0.5", "--train-seconds", "20", "--train-epochs", "1",
+                 "--train-size", "60", "--token", TOKEN, "--slo-ms", "5000", "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["rate"] == 6.0 and doc["phases"]["steady"]["requests"] == 12 and doc["phases"]["training"]["requests"] == 120
+    job = doc["training_job"]
+    assert job["trainer"] == "sidecar" and job["state"] == "succeeded" and 0 < job["submit_to_live_s"] < 20
+    verdict = doc["verdict"]
+    assert verdict["failed_requests"] == 0 and verdict["client_timeouts"] == 0 and verdict["live_before_load_ended"]
+    task = requests.get(f"{service.url}/v1/tasks/trained-under-load", timeout=30).json()
+    assert task["method"] == "mosa" and task["num_classes"] == 10

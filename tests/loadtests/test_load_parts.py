@@ -201,3 +201,13 @@ def test_the_cli_refuses_bad_load_options_with_a_message(capsys):
     assert "needs adapter files" in capsys.readouterr().err
     assert main(["loadtest", "run", "--url", "http://192.0.2.9:8000", "--mix", "backbone"]) == 2
     assert "loopback only" in capsys.readouterr().err
+
+
+def test_shedding_counts_refusals_timeouts_and_answers_sent_after_their_deadline():
+    from mosaserve.loadtests.overload import shedding
+
+    records = [RequestRecord("a", "load", 0.0, 0.05, 200), RequestRecord("a", "load", 0.0, 0.7, 200),
+               RequestRecord("a", "load", 0.0, 0.01, 503), RequestRecord("a", "load", 0.0, 0.5, 504),
+               RequestRecord("a", "load", 0.0, 30.0, 0), RequestRecord("a", "load", 0.0, 0.02, 404)]
+    assert shedding(records, slo_s=0.5) == {"shed": 2, "shed_p99_ms": 500.0, "client_timeouts": 1,
+                                            "answers_after_deadline": 1}
