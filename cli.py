@@ -15,14 +15,16 @@ def _numbers(text: str, kind=float) -> tuple:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .deploy.process import background_torch_threads, yield_to_serving
+
+    if not args.full_priority:  # before torch loads: its import alone takes seconds of CPU a service beside needs
+        yield_to_serving()  # the threads started later follow
     import torch
 
     from .adapters.demo import format_rows, run_demo
     from .adapters.training import TrainConfig
-    from .deploy.process import background_torch_threads, yield_to_serving
 
-    if not args.full_priority:  # a service on this machine keeps its cores; the threads started later follow
-        yield_to_serving()
+    if not args.full_priority:
         torch.set_num_threads(background_torch_threads())
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,

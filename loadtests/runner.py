@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..deploy.http.requests import DEADLINE_HEADER
+from ..deploy.admission import DEADLINE_HEADER  # not deploy.http: the CLI imports this module to build its parser
 from ..deploy.process import heap_frozen
 from .schedule import Arrival
 

@@ -215,7 +215,8 @@ def format_scenario(doc: dict) -> str:
         return (format_rows(doc["levels"], "of capacity", LEVEL_FIELDS) + f"\n\ncapacity {doc['capacity_rps']:g} req/s; "
                 f"burst: {recovery['burst']}; recovered {recovery['recovery_s']} s after the burst ended")
     if doc["scenario"] == "train-while-serving":
-        return format_report(doc) + f"\ntraining job: {doc['training_job']}\nverdict: {doc['verdict']}"
+        return (format_report(doc) + "\n\n" + format_rows({"while training": doc["while_training"]}, "span") +
+                f"\n\ntraining job: {doc['training_job']}\nverdict: {doc['verdict']}")
     if doc["scenario"] != "sweep":
         text = format_report(doc)
         return text + (f"\nverdict: {doc['verdict']}" if "verdict" in doc else "")

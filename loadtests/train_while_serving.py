@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .mixes import TaskMix
 from .plot import plot_latency
-from .report import report
-from .runner import Target, run_load
+from .report import report, summarise
+from .runner import RequestRecord, Target, run_load
 from .schedule import Phase, plan_arrivals
 from .training_job import TrainingJob, TrainingJobSpec
 
@@ -27,8 +27,8 @@ def train_while_serving(target: Target, capacity: float, job: TrainingJobSpec, d
     result = run_load(target, plan_arrivals(phases, mix, seed), image, allow_remote=allow_remote)
     outcome = running.outcome(timeout_s=3600)
     doc = report(result, phases, slo_s)
-    steady, training = doc["phases"]["steady"], doc["phases"]["training"]
-    doc.update(rate=rate, training_job=outcome, verdict={
+    steady, training = doc["phases"]["steady"], _while_training(result.requests, outcome, slo_s)
+    doc.update(rate=rate, training_job=outcome, while_training=training, verdict={
         "p99_ratio": training["p99_ms"] / steady["p99_ms"] if training["p99_ms"] and steady["p99_ms"] else None,
         "client_timeouts": sum(1 for r in result.requests if r.phase != "warmup" and r.status == 0),
         "failed_requests": doc["overall"]["errors"],
@@ -39,3 +39,12 @@ def train_while_serving(target: Target, capacity: float, job: TrainingJobSpec, d
                                    out_dir / "latency.png", f"{job.trainer} training at {rate:.0f} req/s",
                                    start_s=warmup_s))
     return doc
+
+
+def _while_training(records: list[RequestRecord], outcome: dict, slo_s: float) -> dict:
+    """The requests due from the job's submission until its task was live (or the load ended)."""
+    start = outcome["submitted_at_s"]
+    end = start + outcome.get("submit_to_live_s", float("inf"))
+    inside = [r for r in records if start <= r.due_s < end]
+    span = min(end, max((r.due_s for r in records), default=start)) - start
+    return summarise(inside, span, slo_s)

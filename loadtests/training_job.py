@@ -46,7 +46,10 @@ class TrainingJob:
 
     def outcome(self, timeout_s: float) -> dict:
         self._thread.join(timeout_s)
-        return dict(self._outcome) if not self._thread.is_alive() else {"state": "still running", "live": False}
+        if self._thread.is_alive():
+            return {"trainer": self.spec.trainer, "state": "still running", "live": False,
+                    "submitted_at_s": self.start_after_s}
+        return dict(self._outcome)
 
     def _run(self) -> None:
         time.sleep(self.start_after_s)

@@ -15,6 +15,7 @@ from ...adapters.images import BadImageError, decode_image, image_pixels
 from ...runtime.answers import Answer
 from ...runtime.errors import DeadlineExceededError, ServiceBusyError, UnknownTaskError
 from ...runtime.task_ids import BACKBONE_TASK, validate_task_id
+from ..admission import DEADLINE_HEADER, ReplicaWaits
 from ..config import MAX_TOP_K, ServeConfig
 from ..messages import PredictItem, RowReply
 from ..observability.metrics import RequestMetrics, exposition, merge_expositions
@@ -23,7 +24,7 @@ from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, remove_task
 from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
-from .requests import DEADLINE_HEADER, PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
+from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -90,6 +91,7 @@ class Ingress:
         self.metrics = RequestMetrics(self.registry)
         self.known_tasks: set[str] = {BACKBONE_TASK}
         self.in_flight = PixelsInFlight(config.limits.max_pixels_in_flight)
+        self.waits = ReplicaWaits()
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, self.process_id, self.registry))
         freeze_startup_heap()
@@ -129,6 +131,9 @@ class Ingress:
         k = self.config.limits.default_top_k if top_k is None else top_k
         if not 1 <= k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+        refusal = self.waits.refusal(time.time(), deadline)  # before any reading or decoding
+        if refusal is not None:
+            raise refusal
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
                                  self.config.limits.max_request_bytes, "request body")
         encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.limits.max_images_per_request)
@@ -141,6 +146,9 @@ class Ingress:
             replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
         finally:
             self.in_flight.give_back(pixels)  # the replicas are done with them
+        answered_at = time.time()
+        for reply in replies:
+            self.waits.tell(reply.replica, reply.wait_s, answered_at)
         failed = next((r.result for r in replies if isinstance(r.result, Exception)), None)
         if failed is not None:
             raise failed

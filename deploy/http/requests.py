@@ -17,9 +17,6 @@ from typing import AsyncIterator
 from .errors import AdminDisabled, BadRequest, Overloaded, TooLarge, Unauthorized
 
 
-DEADLINE_HEADER = "X-Request-Timeout-Ms"
-
-
 def deadline_of(timeout_ms: int | None, default_s: float) -> float:
     """The wall-clock time a prediction must be answered by: the client's timeout may shorten the service's
     default, never lengthen it, so one client cannot hold the queues longer than the operator allows."""

@@ -143,6 +143,7 @@ def test_train_while_serving_runs_a_sidecar_job_beside_the_load_until_its_task_i
     assert doc["rate"] == 6.0 and doc["phases"]["steady"]["requests"] == 12 and doc["phases"]["training"]["requests"] == 120
     job = doc["training_job"]
     assert job["trainer"] == "sidecar" and job["state"] == "succeeded" and 0 < job["submit_to_live_s"] < 20
+    assert 0 < doc["while_training"]["requests"] <= 120  # those due between submission and live
     verdict = doc["verdict"]
     assert verdict["failed_requests"] == 0 and verdict["client_timeouts"] == 0 and verdict["live_before_load_ended"]
     task = requests.get(f"{service.url}/v1/tasks/trained-under-load", timeout=30).json()
