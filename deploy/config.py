@@ -45,12 +45,17 @@ class ServingSettings:
     max_ongoing_requests: int = setting(128, "rows a replica takes at once (Serve's default of 5 keeps batches tiny)")
     replica_num_cpus: float = setting(1.0, "CPUs Ray reserves for each replica")
     torch_threads: int | None = setting(None, "torch threads per replica; null: torch's default")
-    # Serve's max_queued_requests, counted at each caller: the HTTP proxy for the ingress, the ingress for replicas.
-    max_queued_requests: int = setting(64, "requests (rows, for a replica) waiting for a free slot of a deployment; "
-                                           "past it one is answered 503 with Retry-After at once")
+    max_queued_requests: int = setting(64, "rows the ingress keeps waiting for a free replica slot; past it a "
+                                           "request is answered 503 with Retry-After at once")
+    # Little's law: what one replica answers within the objective is its rate times the objective.
+    ingress_requests_per_replica: int = setting(16, "predictions the ingress handles at once per replica; as many "
+                                                    "more wait at Serve's proxy, the rest are answered 503 there, at "
+                                                    "little cost. Raise it for fast replicas (a GPU): about requests "
+                                                    "per second per replica times the latency objective")
 
     def __post_init__(self) -> None:
-        _positive(self, "replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests")
+        _positive(self, "replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests",
+                  "ingress_requests_per_replica")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus) < 0:
             raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
 

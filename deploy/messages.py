@@ -34,7 +34,7 @@ class RowReply:
     queue_s: float
     batch_size: int
     replica: str  # which replica served the row
-    wait_s: float = 0.0  # the replica's expected wait for a new row when it answered (deploy/admission.py)
+    rows_per_s: float | None = None  # the replica's serving rate when it answered (deploy/admission.py)
 
 
 @dataclass(frozen=True)

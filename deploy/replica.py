@@ -68,7 +68,7 @@ class TaskReplica:
         refusal = self.admission.refusal(time.time(), item.deadline)
         if refusal is not None:
             self.metrics.refused.inc()
-            return RowReply(refusal, 0.0, 0, self.replica_id, self.admission.expected_wait_s())
+            return RowReply(refusal, 0.0, 0, self.replica_id, self.admission.rows_per_s)
         self._hold(1)
         try:
             return await self._batched(item)
@@ -102,8 +102,7 @@ class TaskReplica:
             return [await self._serve_alone(item, started) for item in items]
         self.admission.served(len(items), time.time() - started)
         self._record_batch(items, outcome, started)
-        wait_s = self.admission.expected_wait_s(leaving=len(items))
-        return [self._reply(item, answer, started, len(items), wait_s) for item, answer in zip(items, outcome.answers)]
+        return [self._reply(item, answer, started, len(items)) for item, answer in zip(items, outcome.answers)]
 
     def _serve(self, items: list[PredictItem]) -> BatchOutcome:
         return self.runtime.serve_batch([i.image for i in items], [i.task_id for i in items], [i.top_k for i in items])
@@ -117,9 +116,8 @@ class TaskReplica:
             return RowReply(failure, 0.0, 1, self.replica_id)
         return self._reply(item, outcome.answers[0], started, 1)
 
-    def _reply(self, item: PredictItem, answer: Answer | RowError, started: float, size: int,
-               wait_s: float = 0.0) -> RowReply:
-        return RowReply(answer, max(started - item.sent_at, 0.0), size, self.replica_id, wait_s)
+    def _reply(self, item: PredictItem, answer: Answer | RowError, started: float, size: int) -> RowReply:
+        return RowReply(answer, max(started - item.sent_at, 0.0), size, self.replica_id, self.admission.rows_per_s)
 
     def _record_batch(self, items: list[PredictItem], outcome: BatchOutcome, started: float) -> None:
         if outcome.timings is None:

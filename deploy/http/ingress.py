@@ -15,7 +15,7 @@ from ...adapters.images import BadImageError, decode_image, image_pixels
 from ...runtime.answers import Answer
 from ...runtime.errors import DeadlineExceededError, ServiceBusyError, UnknownTaskError
 from ...runtime.task_ids import BACKBONE_TASK, validate_task_id
-from ..admission import DEADLINE_HEADER, ReplicaWaits
+from ..admission import DEADLINE_HEADER, IngressAdmission
 from ..config import MAX_TOP_K, ServeConfig
 from ..messages import PredictItem, RowReply
 from ..observability.metrics import RequestMetrics, exposition, merge_expositions
@@ -91,7 +91,7 @@ class Ingress:
         self.metrics = RequestMetrics(self.registry)
         self.known_tasks: set[str] = {BACKBONE_TASK}
         self.in_flight = PixelsInFlight(config.limits.max_pixels_in_flight)
-        self.waits = ReplicaWaits()
+        self.admission = IngressAdmission()
         self._reporter = asyncio.get_running_loop().create_task(
             report_metrics_forever(board, self.process_id, self.registry))
         freeze_startup_heap()
@@ -131,7 +131,7 @@ class Ingress:
         k = self.config.limits.default_top_k if top_k is None else top_k
         if not 1 <= k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-        refusal = self.waits.refusal(time.time(), deadline)  # before any reading or decoding
+        refusal = self.admission.refusal(time.time(), deadline)  # before any reading or decoding
         if refusal is not None:
             raise refusal
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
@@ -143,12 +143,12 @@ class Ingress:
             images = await asyncio.to_thread(self._decode_all, encoded)
             sent_at = time.time()
             rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline)) for image in images]
-            replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
+            with self.admission.sending(len(rows)):
+                replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
         finally:
             self.in_flight.give_back(pixels)  # the replicas are done with them
-        answered_at = time.time()
         for reply in replies:
-            self.waits.tell(reply.replica, reply.wait_s, answered_at)
+            self.admission.tell(reply.replica, reply.rows_per_s)
         failed = next((r.result for r in replies if isinstance(r.result, Exception)), None)
         if failed is not None:
             raise failed
