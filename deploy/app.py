@@ -21,11 +21,6 @@ from .replica import TaskReplica
 from .training.sidecar import TrainingSidecar
 
 
-# Requests Serve's proxy holds for a busy ingress: few, as its router backs off while it waits for a slot
-# (BENCHMARKS.md) and time spent there is before any deadline starts.
-PROXY_QUEUE = 2
-
-
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     config = args if isinstance(args, ServeConfig) else ServeConfig.from_dict(args)
     config = _absolute_paths(config)  # replicas may run in another working directory
@@ -41,10 +36,11 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     trainer = TrainingSidecar.options(name="TrainingSidecar",
                                       ray_actor_options=actor_options(num_cpus=config.training.trainer_num_cpus)
                                       ).bind(config, board)
-    # Overloaded, the ingress is refused its excess by Serve's proxy: a refusal there costs a fraction of one
-    # the ingress makes, which matters where the proxy, the ingress and the replicas share a few cores.
+    # The ingress refuses what would miss its deadline at a small cost, before decoding; past this bound Serve's
+    # proxy refuses for it. Requests that arrive together are routed one at a time, and Serve counts those
+    # being routed as queued: a small queue bound would refuse some of them with the ingress idle.
     in_progress = config.serving.ingress_requests_per_replica * config.serving.replicas
-    return Ingress.options(name="Ingress", max_ongoing_requests=in_progress, max_queued_requests=PROXY_QUEUE,
+    return Ingress.options(name="Ingress", max_ongoing_requests=in_progress, max_queued_requests=in_progress,
                            backpressure_config=BackpressureConfig(retry_after_s=ServiceBusyError.retry_after_s),
                            ray_actor_options=actor_options(num_cpus=0)).bind(config, replicas, board, trainer)
 

@@ -48,10 +48,10 @@ class ServingSettings:
     max_queued_requests: int = setting(64, "rows the ingress keeps waiting for a free replica slot; past it a "
                                            "request is answered 503 with Retry-After at once")
     # Little's law: what one replica answers within the objective is its rate times the objective.
-    ingress_requests_per_replica: int = setting(16, "predictions the ingress handles at once per replica; as many "
-                                                    "more wait at Serve's proxy, the rest are answered 503 there, at "
-                                                    "little cost. Raise it for fast replicas (a GPU): about requests "
-                                                    "per second per replica times the latency objective")
+    ingress_requests_per_replica: int = setting(64, "predictions the ingress handles at once per replica; as many "
+                                                    "more wait at Serve's proxy, the rest are answered 503 there. "
+                                                    "Raise it for fast replicas (a GPU): above requests per second "
+                                                    "per replica times the latency objective")
 
     def __post_init__(self) -> None:
         _positive(self, "replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests",

@@ -104,9 +104,9 @@ class Ingress:
                           "answer not ready by then is dropped and the request answered 504"))) -> JSONResponse:
         """Classify one image (raw JPEG/PNG body) or several (JSON {"image": b64} or {"images": [b64, ...]}).
         Answered 503 with Retry-After at once when the service cannot serve it before its deadline."""
-        began = time.perf_counter()
+        began, deadline = time.perf_counter(), deadline_of(timeout_ms, self.config.limits.request_timeout_s)
         try:
-            body = await self._predict(task_id, request, top_k, deadline_of(timeout_ms, self.config.limits.request_timeout_s))
+            body = await self._predict(task_id, request, top_k, deadline)
         except asyncio.CancelledError:  # the client went away; Serve cancels the rows it sent on, too
             self.metrics.shed.labels("client_gone").inc()
             raise

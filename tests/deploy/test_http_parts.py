@@ -325,3 +325,39 @@ def test_a_thread_that_trains_beside_serving_and_the_threads_it_starts_run_only_
     thread.join()
     assert policies == {"trainer": os.SCHED_IDLE, "started later": os.SCHED_IDLE}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the thread that asked for nothing keeps its priority
+
+
+def test_registration_asks_again_after_a_busy_refusal_and_gives_up_on_other_errors():
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from mosaserve.deploy.client import RegistrationError, register_adapter
+
+    answers = [(503, {"Retry-After": "1"}, b'{"error": "busy"}'), (200, {}, b'{"task": {"version": 1}}'),
+               (422, {}, b'{"error": "not an adapter"}')]
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            status, headers, body = answers.pop(0)
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert register_adapter(url, "t", b"file", "token") == {"task": {"version": 1}}
+        assert received == [b"file", b"file"]  # the same file, asked again after Retry-After
+        with pytest.raises(RegistrationError, match="422"):
+            register_adapter(url, "t", b"file", "token")
+        assert len(received) == 3  # a refusal that is not "busy" is final
+    finally:
+        server.shutdown()
+        server.server_close()
