@@ -4,7 +4,6 @@ per-task-model baseline answering the same as mosaserve."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import requests
 
