@@ -26,7 +26,7 @@ INGRESS_SHARE = 0.4
 def busy_error(wait_s: float, remaining_s: float, where: str) -> ServiceBusyError:
     return ServiceBusyError(f"{where} about {wait_s * 1000:.0f} ms of work ahead of this request, whose deadline is "
                             f"{max(remaining_s, 0) * 1000:.0f} ms away; retry later or allow a longer "
-                            f"X-Request-Timeout-Ms")
+                            f"{DEADLINE_HEADER}")
 
 
 class Admission:

@@ -14,7 +14,7 @@ from .mixes import TaskMix
 from .plot import plot_latency
 from .report import milliseconds, percentile, report
 from .runner import RequestRecord, Target, run_load
-from .schedule import Phase, plan_arrivals
+from .schedule import Phase, plan_arrivals, warmup
 
 FACTORS = (0.5, 1.0, 1.5, 2.0, 3.0)
 SHED_STATUSES = (503, 504)
@@ -34,8 +34,7 @@ def overload_levels(target: Target, capacity: float, duration_s: float, warmup_s
     levels = {}
     for factor in FACTORS:
         rate = factor * capacity
-        phases = ([Phase("warmup", rate, warmup_s, measured=False)] if warmup_s > 0 else []) + [
-            Phase("load", rate, duration_s)]
+        phases = warmup(rate, warmup_s) + [Phase("load", rate, duration_s)]
         result = run_load(target, plan_arrivals(phases, mix, seed), image, allow_remote=allow_remote)
         summary = report(result, phases, slo_s)["overall"]
         measured = [r for r in result.requests if r.phase == "load"]

@@ -17,7 +17,7 @@ from .plot import plot_latency
 from .metrics_sampler import MemorySampler, memory_drift
 from .report import format_report, format_rows, meets_slo, report, summarise
 from .runner import Registration, Target, run_load
-from .schedule import Phase, plan_arrivals
+from .schedule import Phase, plan_arrivals, warmup
 from .train_while_serving import train_while_serving
 from .training_job import TrainingJobSpec
 
@@ -50,15 +50,15 @@ class LoadSpec:
 
 
 def phases_for(scenario: str, spec: LoadSpec) -> list[Phase]:
-    warmup = [Phase("warmup", spec.rate, spec.warmup_s, measured=False)] if spec.warmup_s > 0 else []
+    first = warmup(spec.rate, spec.warmup_s)
     half = spec.duration_s / 2
     if scenario in ("steady", "sweep", "soak"):
-        return warmup + [Phase(scenario if scenario == "soak" else "steady", spec.rate, spec.duration_s)]
+        return first + [Phase(scenario if scenario == "soak" else "steady", spec.rate, spec.duration_s)]
     if scenario == "burst":
-        return warmup + [Phase("before", spec.rate, half), Phase("burst", spec.rate * spec.burst_factor, spec.burst_s),
-                         Phase("after", spec.rate, half)]
+        return first + [Phase("before", spec.rate, half), Phase("burst", spec.rate * spec.burst_factor, spec.burst_s),
+                        Phase("after", spec.rate, half)]
     if scenario == "registrations":
-        return warmup + [Phase("steady", spec.rate, half), Phase("registrations", spec.rate, half)] * spec.rounds
+        return first + [Phase("steady", spec.rate, half), Phase("registrations", spec.rate, half)] * spec.rounds
     raise ValueError(f"unknown scenario {scenario!r}: use one of {', '.join(SCENARIOS)}")
 
 

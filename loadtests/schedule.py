@@ -28,6 +28,11 @@ class Phase:
             raise ValueError(f"phase {self.name!r}: rate and duration must be positive")
 
 
+def warmup(rate: float, seconds: float) -> list[Phase]:
+    """A warm-up phase at `rate`, sent first and left out of the report; none for 0 seconds."""
+    return [Phase("warmup", rate, seconds, measured=False)] if seconds > 0 else []
+
+
 @dataclass(frozen=True)
 class Arrival:
     due_s: float  # from the start of the run

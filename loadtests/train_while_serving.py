@@ -9,7 +9,7 @@ from .mixes import TaskMix
 from .plot import plot_latency
 from .report import report, summarise
 from .runner import RequestRecord, Target, run_load
-from .schedule import Phase, plan_arrivals
+from .schedule import Phase, plan_arrivals, warmup
 from .training_job import TrainingJob, TrainingJobSpec
 
 LOAD_SHARE = 0.6  # of the capacity: the headroom a service normally runs with
@@ -21,8 +21,7 @@ def train_while_serving(target: Target, capacity: float, job: TrainingJobSpec, d
     """`duration_s` of load alone, then `train_s` of the same load with the job submitted at its start: the job
     should be live before the load ends, or its last part would have run unmeasured."""
     rate = LOAD_SHARE * capacity
-    phases = ([Phase("warmup", rate, warmup_s, measured=False)] if warmup_s > 0 else []) + [
-        Phase("steady", rate, duration_s), Phase("training", rate, train_s)]
+    phases = warmup(rate, warmup_s) + [Phase("steady", rate, duration_s), Phase("training", rate, train_s)]
     running = TrainingJob(job, target.url, token, out_dir, start_after_s=warmup_s + duration_s).start()
     result = run_load(target, plan_arrivals(phases, mix, seed), image, allow_remote=allow_remote)
     outcome = running.outcome(timeout_s=3600)
