@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import ImageDataset, _package_dir
+from .datasets import _package_dir
+from .image_dataset import ImageDataset
 
 ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 PINNED_SHA256 = {

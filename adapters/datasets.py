@@ -13,28 +13,15 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import Tensor
+
+from .image_dataset import ImageDataset
+from .image_files import load_image_folder, load_list_file
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
-
-
-@dataclass(frozen=True)
-class ImageDataset:
-    name: str
-    images: Tensor  # uint8 (N, C, H, W)
-    labels: Tensor  # int64 (N,)
-    class_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices: Tensor) -> "ImageDataset":
-        return ImageDataset(self.name, self.images[indices], self.labels[indices], self.class_names)
 
 
 def _package_dir(package: str) -> Path:
@@ -84,19 +71,9 @@ def load_builtin(name: str) -> ImageDataset:
 
 def load_dataset(reference: str, image_size: int) -> ImageDataset:
     """A built-in name (mnist, digits), `folder:PATH` (one folder per class) or `list:PATH` (path label lines)."""
-    from .image_files import load_image_folder, load_list_file
-
     kind, _, path = reference.partition(":")
     if kind == "folder" and path:
         return load_image_folder(path, image_size)
     if kind == "list" and path:
         return load_list_file(path, image_size)
     return load_builtin(reference)
-
-
-def train_test_split(dataset: ImageDataset, train_size: int, test_size: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    """A seeded random split into disjoint train and test subsets."""
-    if train_size + test_size > len(dataset):
-        raise ValueError(f"{dataset.name} has {len(dataset)} images, fewer than {train_size} + {test_size}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.subset(order[:train_size]), dataset.subset(order[train_size : train_size + test_size])

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .datasets import ImageDataset
+from .image_dataset import ImageDataset
 from .images import BadImageError, decode_image
 from .preprocess import resize_and_center_crop
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .datasets import ImageDataset
+from .image_dataset import ImageDataset
 
 
 @dataclass(frozen=True)

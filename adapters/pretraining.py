@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .augment import random_shift
 from .backbone import BackboneSpec, build_model, describe
-from .datasets import ImageDataset, train_test_split
+from .image_dataset import ImageDataset, train_test_split
 from .preprocess import Preprocessor
 from .training import accuracy, warmup_cosine
 

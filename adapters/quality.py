@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .backbone import BackboneInfo, BackboneSpec, load_backbone
-from .datasets import ImageDataset, load_dataset
+from .datasets import load_dataset
+from .image_dataset import ImageDataset
 from .embedded import EMBEDDED_BACKBONE
 from .pixel_baseline import pixel_logistic_regression
 from .search import FULL_GRID, SearchCell, SearchGrid, search_settings

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .datasets import ImageDataset
+from .image_dataset import ImageDataset
 from .task_training import TrainedTask
 from .training import TrainConfig
 

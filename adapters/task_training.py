@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from .backbone import BackboneInfo
 from .config import AdapterConfig
 from .curves import TRAIN_PROBE_IMAGES, AccuracyCurve
-from .datasets import ImageDataset, train_test_split
 from .file_format import AdapterHeader, encode_adapter, load_adapter
+from .image_dataset import ImageDataset, train_test_split
 from .loading import build_adapted_model
 from .model import AdaptedViT
 from .preprocess import Preprocessor

@@ -13,7 +13,8 @@ from PIL import Image
 
 from ..adapters.backbone import load_backbone
 from ..adapters.config import AdapterConfig
-from ..adapters.datasets import load_builtin, train_test_split
+from ..adapters.datasets import load_builtin
+from ..adapters.image_dataset import train_test_split
 from ..adapters.errors import AdapterFileError
 from ..adapters.file_format import load_adapter
 from ..adapters.demo import DEMO_BACKBONE, run_demo

@@ -16,7 +16,8 @@ from typing import Callable
 from torch import nn
 
 from ...adapters.backbone import BackboneInfo
-from ...adapters.datasets import ImageDataset, load_dataset
+from ...adapters.datasets import load_dataset
+from ...adapters.image_dataset import ImageDataset
 from ...adapters.errors import TrainStateError
 from ...adapters.task_training import TrainedTask, split_for_training, train_task
 from ...adapters.train_state import TrainState

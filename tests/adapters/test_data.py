@@ -1,7 +1,8 @@
 import torch
 
 from mosaserve.adapters.backbone import BackboneInfo
-from mosaserve.adapters.datasets import load_builtin, train_test_split
+from mosaserve.adapters.datasets import load_builtin
+from mosaserve.adapters.image_dataset import train_test_split
 from mosaserve.adapters.preprocess import Preprocessor
 
 INFO = BackboneInfo("x", {}, "0" * 64, 8, 1, (3, 16, 16), (0.5, 0.4, 0.3), (0.25, 0.2, 0.1), "bilinear", 0.875)

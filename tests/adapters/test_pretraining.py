@@ -13,7 +13,7 @@ import torch
 
 from mosaserve.adapters import animal_mnist
 from mosaserve.adapters.backbone import BackboneSpec, load_backbone
-from mosaserve.adapters.datasets import ImageDataset
+from mosaserve.adapters.image_dataset import ImageDataset
 from mosaserve.adapters.pretraining import PretrainConfig, augment, pretrain, save_embedded
 
 from ..conftest import TINY_VIT

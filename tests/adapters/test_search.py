@@ -3,7 +3,8 @@ import math
 import torch
 
 from mosaserve.adapters.backbone import load_backbone
-from mosaserve.adapters.datasets import load_builtin, train_test_split
+from mosaserve.adapters.datasets import load_builtin
+from mosaserve.adapters.image_dataset import train_test_split
 from mosaserve.adapters.quality import MethodTrainer, run_quality
 from mosaserve.adapters.quality_tables import format_curves, format_search
 from mosaserve.adapters.search import SearchCell, SearchGrid, _preference, search_settings, validation_split

@@ -6,7 +6,8 @@ import torch
 
 from mosaserve.adapters.backbone import BackboneSpec, load_backbone
 from mosaserve.adapters.config import AdapterConfig
-from mosaserve.adapters.datasets import load_builtin, train_test_split
+from mosaserve.adapters.datasets import load_builtin
+from mosaserve.adapters.image_dataset import train_test_split
 from mosaserve.adapters.errors import AdapterConfigError
 from mosaserve.adapters.model import AdaptedViT
 from mosaserve.adapters.preprocess import Preprocessor
