@@ -20,7 +20,7 @@ SMOOTHING = 0.2  # weight of the newest batch in the serving rate: a few batches
 # The ingress admits a request only if the rows ahead of it take at most this share of its remaining time:
 # the rest covers its decoding, its own batch and the trip back. A replica refuses only rows that cannot
 # be served in time at all, a backstop for what the ingress could not see (other ingresses, a slow trip).
-INGRESS_SHARE = 0.4
+INGRESS_SHARE = 0.3
 
 
 def busy_error(wait_s: float, remaining_s: float, where: str) -> ServiceBusyError:

@@ -39,9 +39,9 @@ def test_the_ingress_refuses_while_the_rows_it_sent_out_would_keep_a_request_too
         admission.tell("a", 60.0)
         admission.tell("b", 20.0)  # together 80 rows/s: 40 rows out are 0.5 s of work
         admission.tell("b", None)  # an answer without a rate (a failed row) keeps the last one
-        refusal = admission.refusal(now=0.0, deadline=1.2)  # 0.5 s is over 40% of 1.2 s
+        refusal = admission.refusal(now=0.0, deadline=1.6)  # 0.5 s is over 30% of 1.6 s
         assert isinstance(refusal, ServiceBusyError) and "40 rows" in str(refusal) and "500 ms of work" in str(refusal)
-        assert admission.refusal(now=0.0, deadline=1.3) is None
+        assert admission.refusal(now=0.0, deadline=1.7) is None
     assert admission.rows_out == 0 and admission.refusal(now=0.0, deadline=0.001) is None  # all answered
 
 
