@@ -41,7 +41,7 @@ def train_while_serving(target: Target, capacity: float, job: TrainingJobSpec, d
 
 
 def _while_training(records: list[RequestRecord], outcome: dict, slo_s: float) -> dict:
-    """The requests due from the job's submission until its task was live (or the load ended)."""
+    """The requests due from the job's submission until it ended (its task live, or the job failed)."""
     start = outcome["submitted_at_s"]
     end = start + outcome.get("submit_to_live_s", float("inf"))
     inside = [r for r in records if start <= r.due_s < end]
