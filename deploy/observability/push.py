@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 
 from .metrics import exposition
 
-# As often as deploy/observability/prometheus.yml scrapes: the ingress's text grows with the tasks it has seen (10 ms to
-# render for 100, 0.1 s for 1000), and a scrape reads the ingress it lands on fresh anyway.
+# As often as deploy/observability/prometheus.yml scrapes: the ingress's text takes longer to render with every task it
+# has seen (BENCHMARKS.md), and a scrape reads the ingress it lands on fresh anyway.
 PUSH_EVERY_S = 5.0
 
 
