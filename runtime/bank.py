@@ -70,6 +70,8 @@ def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
 
 
 class AdapterBank:
+    """Every registered task's merged adapter and head by version, on the device and in host memory (LRU)."""
+
     def __init__(self, info: BackboneInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  max_resident: int = 1024, max_host: int | None = None, max_file_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_resident < 1 or (max_host is not None and max_host < 1):

@@ -85,6 +85,8 @@ class BatchPlan:
 
 
 class MixedTaskExecutor:
+    """Runs one batch of rows of any tasks: the backbone once, each row's adapter and head beside it."""
+
     def __init__(self, backbone: torch.nn.Module, bank: AdapterBank, strategy: str = "auto",
                  gather_from_tasks: int | None = 2) -> None:
         if strategy not in STRATEGIES:

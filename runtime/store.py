@@ -52,6 +52,8 @@ class StoreEntry:
 
 
 class AdapterStore:
+    """Task versions as files in a directory, published atomically and durably under a manifest."""
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,8 @@ class BatchOutcome:
 
 
 class TaskRuntime:
+    """Registers, serves and removes tasks on one loaded backbone, kept equal to the store."""
+
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
         model, self.info = load_backbone(config.backbone)  # fingerprint taken on the float32 weights
