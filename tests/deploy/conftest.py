@@ -106,16 +106,22 @@ def wait_healthy(url: str, replicas: int, timeout_s: float = 60.0) -> None:
     raise TimeoutError("service did not become healthy")
 
 
+def saved_tiny_backbone(root: Path) -> tuple[BackboneSpec, torch.nn.Module, object]:
+    """The tests' tiny ViT, saved as a checkpoint under `root` as a served backbone is: its spec, model and info."""
+    backbone, info = load_backbone(TINY_VIT)
+    save_backbone(backbone, root / "backbone.safetensors")
+    return BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(root / "backbone.safetensors")), backbone, info
+
+
 @pytest.fixture(scope="module")
 def service(ray_cluster, tmp_path_factory) -> Service:
     """Two replicas over a tiny ViT loaded from a checkpoint file, small limits to test them."""
     from ray import serve
 
     root: Path = tmp_path_factory.mktemp("service")
-    backbone, info = load_backbone(TINY_VIT)
-    save_backbone(backbone, root / "backbone.safetensors")
+    spec, backbone, info = saved_tiny_backbone(root)
     config = ServeConfig.of(
-        backbone=BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(root / "backbone.safetensors")),
+        backbone=spec,
         store_dir=str(root / "store"), replicas=2, replica_num_cpus=0.5, torch_threads=1, max_batch_size=8,
         batch_wait_timeout_s=0.02, admin_token=TOKEN, max_request_bytes=256 * 1024, max_image_pixels=1_000_000,
         max_images_per_request=4, max_request_pixels=2_000_000, max_adapter_bytes=1024 * 1024, heartbeat_s=0.5,

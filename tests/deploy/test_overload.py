@@ -16,11 +16,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from mosaserve.adapters.backbone import BackboneSpec, save_backbone, load_backbone
 from mosaserve.deploy.config import ServeConfig
 
-from ..conftest import TINY_VIT
-from .conftest import APP, deploy, wait_healthy
+from .conftest import APP, deploy, saved_tiny_backbone, wait_healthy
 from .test_service import png
 
 BATCH_WAIT_S = 1.0
@@ -32,10 +30,8 @@ def slow_batches(ray_cluster, tmp_path_factory) -> str:
     from ray import serve
 
     root = tmp_path_factory.mktemp("overload")
-    backbone, _ = load_backbone(TINY_VIT)
-    save_backbone(backbone, root / "backbone.safetensors")
     config = ServeConfig.of(
-        backbone=BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(root / "backbone.safetensors")),
+        backbone=saved_tiny_backbone(root)[0],
         store_dir=str(root / "store"), replicas=1, replica_num_cpus=0.5, torch_threads=1, max_batch_size=16,
         batch_wait_timeout_s=BATCH_WAIT_S, max_ongoing_requests=2, max_queued_requests=1, request_timeout_s=5.0,
         heartbeat_s=0.5)
