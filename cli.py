@@ -14,9 +14,34 @@ def _numbers(text: str, kind=float) -> tuple:
     return tuple(kind(v) for v in text.split(","))
 
 
+def _train_arguments_problem(args: argparse.Namespace) -> str | None:
+    """What makes a training command fail, found before minutes of training rather than after."""
+    from .adapters.config import METHODS
+    from .deploy.config import ADMIN_TOKEN_ENV
+    from .runtime.errors import InvalidTaskIdError
+    from .runtime.task_ids import validate_task_id
+
+    methods = args.methods.split(",")
+    if unknown := [m for m in methods if m not in METHODS]:
+        return f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}"
+    if args.task_id:
+        if len(methods) != 1:
+            return "--task-id names one task: train one method with it"
+        try:
+            validate_task_id(args.task_id)
+        except InvalidTaskIdError as exc:
+            return f"--task-id: {exc}"
+    if args.register and not (args.token or os.environ.get(ADMIN_TOKEN_ENV)):
+        return f"--register needs --token or {ADMIN_TOKEN_ENV}"
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
     from .deploy.process import background_torch_threads, yield_to_serving
 
+    if problem := _train_arguments_problem(args):
+        print(problem, file=sys.stderr)
+        return 2
     if not args.full_priority:  # before torch loads: its import alone takes seconds of CPU a service beside needs
         yield_to_serving()  # the threads started later follow
     import torch
@@ -36,21 +61,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_all(args: argparse.Namespace, rows) -> int:
-    from .deploy.client import RegistrationError, register_adapter
+    from .client import Client, ServiceError
     from .deploy.config import ADMIN_TOKEN_ENV
 
-    token = args.token or os.environ.get(ADMIN_TOKEN_ENV)
-    if not token:
-        print(f"--register needs --token or {ADMIN_TOKEN_ENV}", file=sys.stderr)
-        return 2
-    if args.task_id and len(rows) != 1:
-        print("--task-id names one task: train one method with it", file=sys.stderr)
-        return 2
+    service = Client(args.register, token=args.token or os.environ.get(ADMIN_TOKEN_ENV))
     for row in rows:
         task_id = args.task_id or row.file.stem
         try:
-            answer = register_adapter(args.register, task_id, row.file.read_bytes(), token)
-        except RegistrationError as exc:
+            answer = service.register(task_id, row.file)
+        except ServiceError as exc:
             print(f"registration of {task_id} failed: {exc}", file=sys.stderr)
             return 1
         print(f"registered {task_id} v{answer['task']['version']} "

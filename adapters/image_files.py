@@ -4,7 +4,7 @@
 - list file (the VTAB-1k / FGVC style of the PEFT literature): one `relative/path.jpg label` per
   line, the label an integer or a class name; paths are relative to the list file's folder (or
   `root`) and must stay inside it.
-Images are decoded by the same code as served requests (JPEG/PNG, any mode to RGB, pixel limit),
+Images are decoded by the same code as served requests (JPEG/PNG/WebP, any mode to RGB, pixel limit),
 then resized (shorter side) and centre-cropped to `image_size`, so they stack into one tensor.
 """
 
@@ -19,7 +19,7 @@ from .image_dataset import ImageDataset
 from .images import BadImageError, decode_image
 from .preprocess import resize_and_center_crop
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class DatasetError(ValueError):
@@ -34,7 +34,7 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageDataset:
     files = [(path, label) for label, name in enumerate(classes) for path in sorted((root / name).iterdir())
              if path.suffix.lower() in IMAGE_SUFFIXES]
     if len(classes) < 2 or not files:
-        raise DatasetError(f"{root} needs at least two class folders holding .jpg/.png images")
+        raise DatasetError(f"{root} needs at least two class folders holding .jpg/.png/.webp images")
     return _dataset(root.name, files, tuple(classes), image_size)
 
 

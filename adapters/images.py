@@ -1,4 +1,4 @@
-"""Encoded image bytes (JPEG or PNG) to a uint8 RGB tensor, with limits checked before decoding.
+"""Encoded image bytes (JPEG, PNG or WebP) to a uint8 RGB tensor, with limits checked before decoding.
 
 The pixel count is read from the header and checked before any pixel is decoded, so a small file
 that would decode to gigabytes (a decompression bomb) is refused cheaply. Grey, palette, CMYK,
@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-ACCEPTED_FORMATS = ("JPEG", "PNG")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 25_000_000  # 5000 x 5000
 
 
 class BadImageError(ValueError):
-    """The bytes are not a decodable JPEG or PNG image."""
+    """The bytes are not a decodable JPEG, PNG or WebP image."""
 
 
 class ImageTooLargeError(BadImageError):
@@ -29,7 +29,7 @@ class ImageTooLargeError(BadImageError):
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
-    """JPEG/PNG bytes -> uint8 tensor (3, H, W)."""
+    """JPEG/PNG/WebP bytes -> uint8 tensor (3, H, W); an animated WebP gives its first frame."""
     with _checked_image(data, max_pixels) as image:
         rgb = _to_rgb(image)
     array = np.asarray(rgb, dtype=np.uint8)
@@ -61,7 +61,7 @@ def _checked_image(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
 
 def _check_header(image: Image.Image, max_pixels: int) -> None:
     if image.format not in ACCEPTED_FORMATS:
-        raise BadImageError(f"unsupported image format {image.format or 'unknown'}; send JPEG or PNG")
+        raise BadImageError(f"unsupported image format {image.format or 'unknown'}; send JPEG, PNG or WebP")
     width, height = image.size
     if width < 1 or height < 1:
         raise BadImageError(f"image has no pixels ({width}x{height})")

@@ -91,6 +91,13 @@ class PredictCases:
         self.add("jpeg-exif", c, 200, None, encode(noise("RGB", (16, 16), rng), "JPEG", exif=exif), JPEG)
         self.add("png-1x1", c, 200, None, encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"))
         self.add("jpeg-1x1", c, 200, None, encode(Image.new("RGB", (1, 1), (9, 9, 9)), "JPEG"), JPEG)
+        gradient = Image.linear_gradient("L").resize((24, 20))  # not drawn from rng: the cases above keep their bytes
+        self.add("webp-lossy", c, 200, None, encode(gradient.convert("RGB"), "WEBP"), "image/webp")
+        self.add("webp-lossless-rgba", c, 200, None, encode(gradient.convert("RGBA"), "WEBP", lossless=True),
+                 "image/webp")
+        frames = [gradient.convert("RGB"), gradient.rotate(90).convert("RGB")]
+        self.add("webp-animated", c, 200, None, encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
+                 "image/webp", note="the first frame is classified")
         side = int(self.limits.max_image_pixels ** 0.5)
         self.add("png-at-pixel-limit", c, 200, None, png_bytes.png(side, side, 8, 0),
                  note=f"{side}x{side} = max_image_pixels exactly")
@@ -116,6 +123,9 @@ class PredictCases:
         jpeg = encode(noise("RGB", (32, 32), self.rng), "JPEG")
         for cut in (2, 100, len(jpeg) // 2, len(jpeg) - 100):
             self.add(f"jpeg-cut-at-{cut}", c, 400, UNDECODABLE, jpeg[:cut], JPEG)
+        webp = encode(Image.linear_gradient("L").convert("RGB"), "WEBP")
+        for cut in (10, len(webp) // 2):
+            self.add(f"webp-cut-at-{cut}", c, 400, UNDECODABLE, webp[:cut], "image/webp")
 
     def corrupt(self) -> None:
         c, good = "corrupt-image", png_bytes.png(16, 16, 8, 2, seed=3)
@@ -147,10 +157,10 @@ class PredictCases:
     def wrong_formats(self) -> None:
         c, image = "wrong-format", noise("RGB", (12, 12), self.rng)
         for fmt, params in (("GIF", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}),
-                            ("WEBP", {"lossless": True}), ("ICO", {}), ("PPM", {}), ("TGA", {}), ("PCX", {}),
+                            ("ICO", {}), ("PPM", {}), ("TGA", {}), ("PCX", {}),
                             ("JPEG2000", {}), ("SGI", {}), ("QOI", {}), ("DDS", {})):
             name = f"{fmt.lower()}{'-' + '-'.join(map(str, params.values())) if params else ''}"
-            self.add(name, c, 400, f"unsupported image format {fmt}; send JPEG or PNG", encode(image, fmt, **params))
+            self.add(name, c, 400, f"unsupported image format {fmt}; send JPEG, PNG or WebP", encode(image, fmt, **params))
         for name, data in (("pdf", b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"),
                            ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'),
                            ("html", b"<!doctype html><html><body><img src=x></body></html>"),
@@ -194,6 +204,8 @@ class PredictCases:
                  encode(Image.new("L", (3000, 3000), 7), "PNG"))
         self.add("png-rgb-2000x600", c, 413, f"2000x600 = 1200000 pixels; the limit is {limit}",
                  encode(Image.new("RGB", (2000, 600), (1, 2, 3)), "PNG"))
+        self.add("webp-grey-3000x3000", c, 413, f"3000x3000 = 9000000 pixels; the limit is {limit}",
+                 encode(Image.new("L", (3000, 3000), 7), "WEBP"), "image/webp")
         self.json("json-bomb-among-valid", c, 413, "image 1: image is 3000x3000",
                   {"images": [b64(self.rgb_png), b64(encode(Image.new("L", (3000, 3000)), "PNG"))]})
 
@@ -230,9 +242,11 @@ class PredictCases:
         encoded = b64(self.rgb_png)
         for name, value in (("symbols", "@@@@"), ("bad-padding", encoded[:-2] + "="),
                             ("whitespace", encoded[:40] + "\n" + encoded[40:]),
-                            ("data-url", "data:image/png;base64," + encoded), ("url-safe-alphabet", "-_-_" * 8),
+                            ("data-url-bad-content", "data:image/png;base64,@@@@"), ("url-safe-alphabet", "-_-_" * 8),
                             ("non-ascii", "\u00e9\u00e9\u00e9\u00e9"), ("lone-surrogate", "\ud800abc")):
             self.json(f"base64-{name}", c, 400, "image 0 is not valid base64", {"image": value})
+        self.json("base64-data-url-not-base64", c, 400, "image 0 is a data URL without base64 content",
+                  {"image": "data:image/png," + encoded})
         self.json("base64-second-image-bad", c, 400, "image 1 is not valid base64", {"images": [encoded, "%%%%"]})
         self.json("base64-of-garbage", c, 400, f"image 0: {UNDECODABLE}", {"image": b64(b"garbage" * 10)})
         self.json("base64-of-gif", c, 400, "unsupported image format GIF",

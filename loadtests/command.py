@@ -23,7 +23,7 @@ def run_command(args: argparse.Namespace) -> int:
                     sweep_rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
                     registrations=args.registrations, rounds=args.rounds, registration_every_s=args.registration_every,
                     training=TrainingJobSpec(args.trainer, epochs=args.train_epochs, train_size=args.train_size),
-                    train_s=args.train_seconds, allow_remote=args.allow_remote)
+                    train_s=args.train_seconds, concurrency=args.concurrency, allow_remote=args.allow_remote)
     image = Path(args.image).read_bytes() if args.image else noise_png(args.image_size)
     files = adapter_files(Path(args.adapters)) if args.adapters else []
     target = Target(args.url, "image/jpeg" if args.image and args.image.lower().endswith((".jpg", ".jpeg"))
@@ -64,6 +64,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train-while-serving: seconds of load after the job is submitted")
     parser.add_argument("--train-epochs", type=int, default=3, help="train-while-serving: the job's epochs")
     parser.add_argument("--train-size", type=int, default=500, help="train-while-serving: the job's training images")
+    parser.add_argument("--concurrency", type=int, default=4, help="multi-task: images in flight (closed loop); "
+                                                                   "tasks per image 1, 2, 4, 8 of --tasks")
     parser.add_argument("--adapters", help="folder of *.safetensors adapter files to upload (registrations, soak)")
     parser.add_argument("--token", help="admin token for the uploads (default: MOSASERVE_ADMIN_TOKEN)")
     parser.add_argument("--admin-url", help="send the uploads to the task board's admin port, e.g. "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import random
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
+from ..client import Client
 from .mixes import BACKBONE_TASK
 
 
@@ -24,8 +23,7 @@ def noise_png(size: int = 32, seed: int = 0) -> bytes:
 
 def registered_tasks(url: str, timeout_s: float = 30.0) -> list[str]:
     """The task ids the service serves now (GET /v1/tasks), without the bare backbone."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/v1/tasks", timeout=timeout_s) as response:
-        tasks = json.load(response)["tasks"]
+    tasks = Client(url, timeout_s=timeout_s).tasks()
     return sorted(t["task_id"] for t in tasks if t["task_id"] != BACKBONE_TASK)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..client import Client, ServiceError
 from ..deploy.admission import DEADLINE_HEADER  # not deploy.http: the CLI imports this module to build its parser
 from ..deploy.process import heap_frozen
 from .schedule import Arrival
@@ -98,7 +100,7 @@ async def _run(target, arrivals, image, registrations, admin_token) -> LoadResul
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         start = time.monotonic()
-        senders = [asyncio.create_task(_register_all(session, target, registrations, admin_token, start, result))]
+        senders = [asyncio.create_task(_register_all(target, registrations, admin_token, start, result))]
         for arrival in arrivals:
             delay = start + arrival.due_s - time.monotonic()
             if delay > 0:
@@ -129,27 +131,30 @@ async def _predict(session, target: Target, arrival: Arrival, image: bytes, star
     result.requests.append(RequestRecord(arrival.task, arrival.phase, arrival.due_s, latency, status, error))
 
 
-async def _register_all(session, target: Target, registrations: list[Registration], token: str | None,
+async def _register_all(target: Target, registrations: list[Registration], token: str | None,
                         start: float, result: LoadResult) -> None:
-    """Each upload at its due time, open loop like the predictions: a burst overlaps on the server."""
-    uploads = []
-    for item in registrations:
-        delay = start + item.due_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        uploads.append(asyncio.create_task(_register(session, target, item, token, result)))
-    await asyncio.gather(*uploads)
+    """Each upload at its due time, open loop like the predictions: a burst overlaps on the server. Uploads go
+    through the Python client, each in a thread of its own (the default pool's few threads would queue a burst)."""
+    client = Client(target.admin_url or target.url, token=token, timeout_s=target.timeout_s, retries=0)
+    uploads, loop = [], asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=max(1, len(registrations))) as threads:
+        for item in registrations:
+            delay = start + item.due_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            uploads.append(asyncio.create_task(_register(loop.run_in_executor(threads, client.register, item.task,
+                                                                              item.data), item, result)))
+        await asyncio.gather(*uploads)
 
 
-async def _register(session, target: Target, item: Registration, token: str | None, result: LoadResult) -> None:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+async def _register(upload, item: Registration, result: LoadResult) -> None:
+    """Records what the service answered (the client retries nothing here)."""
     began, status, everywhere = time.monotonic(), 0, False
     try:
-        async with session.put(target.task_url(item.task), data=item.data, headers=headers) as response:
-            status = response.status
-            if status in (200, 201, 202):
-                everywhere = bool((await response.json()).get("servable_everywhere"))
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        pass
+        answer = await upload
+        everywhere = bool(answer["servable_everywhere"])
+        status = (201 if answer["created"] else 200) if everywhere else 202  # as answered (deploy/http/admin.py)
+    except ServiceError as exc:
+        status = exc.status
     result.registrations.append(RegistrationRecord(item.task, item.due_s, time.monotonic() - began, status,
                                                    everywhere))

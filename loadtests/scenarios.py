@@ -1,5 +1,5 @@
 """Load-test scenarios: steady rate, rate sweep to the SLO, burst, registrations under load, soak, overload
-(multiples of the capacity a sweep finds) and training beside serving.
+(multiples of the capacity a sweep finds), training beside serving, and several tasks per image.
 
 Each scenario is a list of phases (see schedule.py), optionally with admin uploads during one of
 them; `run_scenario` sends it, and writes the report (JSON), its table and a latency plot (PNG).
@@ -12,16 +12,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .mixes import TaskMix
+from .multi_task import compare_multi_task, format_multi_task
 from .overload import Burst, burst_recovery, overload_levels
 from .plot import plot_latency
 from .metrics_sampler import MemorySampler, memory_drift
 from .report import format_report, format_rows, meets_slo, report, summarise
-from .runner import Registration, Target, run_load
+from .runner import Registration, Target, require_loopback, run_load
 from .schedule import Phase, plan_arrivals, warmup
 from .train_while_serving import train_while_serving
 from .training_job import TrainingJobSpec
 
-SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak", "overload", "train-while-serving")
+SCENARIOS = ("steady", "sweep", "burst", "registrations", "soak", "overload", "train-while-serving", "multi-task")
 LEVEL_FIELDS = ("rate", "requests", "goodput_rps", "goodput_vs_capacity", "shed", "shed_p99_ms", "p99_ms",
                 "answers_after_deadline", "client_timeouts")
 WINDOW_FIELDS = ("requests", "errors", "p50_ms", "p99_ms")  # what a soak compares across its windows
@@ -46,6 +47,7 @@ class LoadSpec:
     windows: int = 5  # soak: latency compared across this many equal spans of the run
     training: TrainingJobSpec = TrainingJobSpec()  # train-while-serving: the job run beside the load
     train_s: float = 90.0  # train-while-serving: seconds of load after the job's submission
+    concurrency: int = 4  # multi-task: images in flight, closed loop
     allow_remote: bool = False
 
 
@@ -96,6 +98,11 @@ def run_scenario(scenario: str, target: Target, spec: LoadSpec, mix: TaskMix, im
         doc = _overload(target, spec, mix, image, out_dir)
     elif scenario == "train-while-serving":
         doc = _train_while_serving(target, spec, mix, image, out_dir, admin_token)
+    elif scenario == "multi-task":
+        if not spec.allow_remote:
+            require_loopback(target.url)
+        doc = compare_multi_task(target.url, list(mix.tasks), image, target.content_type, spec.duration_s,
+                                 spec.concurrency)
     elif scenario == "soak":
         doc = _soak(target, spec, mix, image, out_dir, list(adapter_files), admin_token)
     else:
@@ -214,6 +221,8 @@ def format_scenario(doc: dict) -> str:
         recovery = doc["recovery"]
         return (format_rows(doc["levels"], "of capacity", LEVEL_FIELDS) + f"\n\ncapacity {doc['capacity_rps']:g} req/s; "
                 f"burst: {recovery['burst']}; recovered {recovery['recovery_s']} s after the burst ended")
+    if doc["scenario"] == "multi-task":
+        return format_multi_task(doc)
     if doc["scenario"] == "train-while-serving":
         return (format_report(doc) + "\n\n" + format_rows({"while training": doc["while_training"]}, "span") +
                 f"\n\ntraining job: {doc['training_job']}\nverdict: {doc['verdict']}")

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mosaserve.adapters.file_format import load_adapter
@@ -43,6 +44,18 @@ def test_train_register_reports_a_missing_token_and_an_unreachable_service(tmp_p
     unreachable = run_cli(*args, "--token", "t")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
     assert (tmp_path / "mnist-linear.safetensors").exists()  # the trained file is kept either way
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--methods", "adapter,mosa", "--task-id", "digits"), "--task-id names one task"),
+    (("--methods", "adapter,dora"), "unknown method(s) dora"),
+    (("--methods", "adapter", "--task-id", "../etc"), "--task-id: invalid task id"),
+])
+def test_train_refuses_bad_arguments_before_training_anything(tmp_path, extra, message):
+    refused = run_cli("train", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--out", str(tmp_path),
+                      "--no-progress", "--register", "http://127.0.0.1:9", "--token", "t", *extra)
+    assert refused.returncode == 2 and message in refused.stderr
+    assert not list(tmp_path.iterdir())  # nothing was trained
 
 
 def test_bench_runtime_writes_every_scenario_as_a_ratio_to_the_backbone(tmp_path):

@@ -37,7 +37,7 @@ async def register_task(task_id: str, request: Request, config: ServeConfig, adm
     if not data:
         raise EmptyUpload("empty body: upload the adapter file (.safetensors) as the request body")
     reply = await register(task_id, data)
-    return answer_change(reply, began, {"task": reply.task})
+    return answer_change(reply, began, {"task": reply.task, "created": reply.created})
 
 
 async def remove_task(task_id: str, request: Request, admin_token: str | None,

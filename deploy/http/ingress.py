@@ -71,6 +71,13 @@ def _image(index: int, read, data: bytes, max_pixels: int):
         raise type(exc)(f"image {index}: {exc}") from exc
 
 
+def _task_list(tasks: str) -> list[str]:
+    task_ids = [task.strip() for task in tasks.split(",")]
+    if not all(task_ids) or len(set(task_ids)) != len(task_ids):
+        raise BadRequest(f"tasks must be distinct task ids separated by commas, got {tasks!r}")
+    return task_ids
+
+
 def _prediction(answer: Answer, replica: str) -> dict:
     if answer.embedding is not None:
         return {"version": None, "embedding": list(answer.embedding), "replica": replica}
@@ -102,32 +109,63 @@ class Ingress:
                       timeout_ms: int | None = Header(None, alias=DEADLINE_HEADER, ge=1, description=(
                           "the request's deadline in milliseconds, at most the service's request_timeout_s: an "
                           "answer not ready by then is dropped and the request answered 504"))) -> JSONResponse:
-        """Classify one image (raw JPEG/PNG body) or several (JSON {"image": b64} or {"images": [b64, ...]}).
+        """Classify one image (raw JPEG/PNG/WebP body) or several (JSON {"image": b64} or {"images": [b64, ...]}).
         Answered 503 with Retry-After at once when the service cannot serve it before its deadline."""
-        began, deadline = time.perf_counter(), deadline_of(timeout_ms, self.config.limits.request_timeout_s)
+        body = await self._measured([task_id], self._predict(task_id, request, top_k, timeout_ms))
+        return JSONResponse(body)
+
+    @app.post("/v1/predict")
+    async def predict_tasks(self, request: Request, tasks: str, top_k: int | None = None,
+                            timeout_ms: int | None = Header(None, alias=DEADLINE_HEADER, ge=1)) -> JSONResponse:
+        """Classify the same image(s) for several tasks at once (`tasks=a,b,c`; the body as for one task): each
+        image is decoded once and its rows join the mixed batches. Answers one entry per task, in order."""
+        task_ids = _task_list(tasks)
+        return JSONResponse(await self._measured(task_ids, self._predict_tasks(task_ids, request, top_k, timeout_ms)))
+
+    async def _measured(self, task_ids: list[str], answering) -> dict:
+        """Counts the request under each task it names (unknown ids under one label), its latency and why it failed."""
+        began = time.perf_counter()
         try:
-            body = await self._predict(task_id, request, top_k, deadline)
+            body = await answering
         except asyncio.CancelledError:  # the client went away; Serve cancels the rows it sent on, too
             self.metrics.shed.labels("client_gone").inc()
             raise
         except Exception as exc:
-            label = task_id if task_id in self.known_tasks else OTHER_TASK
-            self.metrics.requests.labels(label).inc()
-            self.metrics.errors.labels(label, str(status_of(exc))).inc()
+            for label in {task if task in self.known_tasks else OTHER_TASK for task in task_ids}:
+                self.metrics.requests.labels(label).inc()
+                self.metrics.errors.labels(label, str(status_of(exc))).inc()
             reason = next((reason for kind, reason in SHED_REASON if isinstance(exc, kind)), None)
             if reason is not None:
                 self.metrics.shed.labels(reason).inc()
             raise
         elapsed = time.perf_counter() - began
-        self.known_tasks.add(task_id)
-        self.metrics.requests.labels(task_id).inc()
-        self.metrics.latency.labels(task_id).observe(elapsed)
+        for task_id in task_ids:
+            self.known_tasks.add(task_id)
+            self.metrics.requests.labels(task_id).inc()
+            self.metrics.latency.labels(task_id).observe(elapsed)
         body["latency_ms"] = round(elapsed * 1000, 3)
-        return JSONResponse(body)
+        return body
 
-    async def _predict(self, task_id: str, request: Request, top_k: int | None, deadline: float) -> dict:
-        if task_id != BACKBONE_TASK:
-            validate_task_id(task_id)
+    async def _predict(self, task_id: str, request: Request, top_k: int | None, timeout_ms: int | None) -> dict:
+        answers, queue_s = await self._answer(request, [task_id], top_k, timeout_ms)
+        return {**answers[0], "queue_ms": round(queue_s * 1000, 3)}
+
+    async def _predict_tasks(self, task_ids: list[str], request: Request, top_k: int | None,
+                             timeout_ms: int | None) -> dict:
+        answers, queue_s = await self._answer(request, task_ids, top_k, timeout_ms)
+        return {"tasks": answers, "queue_ms": round(queue_s * 1000, 3)}
+
+    async def _answer(self, request: Request, task_ids: list[str], top_k: int | None,
+                      timeout_ms: int | None) -> tuple[list[dict], float]:
+        """Every image of the request for every task: one answer per task (its predictions, one per image) and
+        the longest queue wait of its rows."""
+        deadline = deadline_of(timeout_ms, self.config.limits.request_timeout_s)
+        for task_id in task_ids:
+            if task_id != BACKBONE_TASK:
+                validate_task_id(task_id)
+        if len(task_ids) > self.config.limits.max_images_per_request:
+            raise TooLarge(f"{len(task_ids)} tasks in one request; the limit is "
+                           f"{self.config.limits.max_images_per_request} (max_images_per_request)")
         k = self.config.limits.default_top_k if top_k is None else top_k
         if not 1 <= k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
@@ -136,13 +174,28 @@ class Ingress:
             raise refusal
         raw = await read_limited(request.stream(), request.headers.get("content-length"),
                                  self.config.limits.max_request_bytes, "request body")
-        encoded = images_from_body(raw, request.headers.get("content-type", ""), self.config.limits.max_images_per_request)
+        limit = self.config.limits.max_images_per_request  # rows: images x tasks
+        encoded = images_from_body(raw, request.headers.get("content-type", ""), limit)
+        if len(encoded) * len(task_ids) > limit:
+            raise TooLarge(f"{len(encoded)} images x {len(task_ids)} tasks = {len(encoded) * len(task_ids)} rows in "
+                           f"one request; the limit is {limit} (max_images_per_request)")
+        replies = await self._rows(encoded, task_ids, k, deadline)
+        answers = []
+        for index, task_id in enumerate(task_ids):
+            mine = replies[index :: len(task_ids)]  # rows go image by image, every task for each image
+            answers.append({"task_id": task_id, "version": mine[0].result.version,
+                            "predictions": [_prediction(r.result, r.replica) for r in mine]})
+        return answers, max(r.queue_s for r in replies)
+
+    async def _rows(self, encoded: list[bytes], task_ids: list[str], k: int, deadline: float) -> list[RowReply]:
+        """Decodes each image once and sends one row per image and task; raises the first row's error."""
         pixels = await asyncio.to_thread(self._pixels_of, encoded)
         self.in_flight.take(pixels)  # on the event loop, right before the try: a cancel can never skip giving back
         try:
             images = await asyncio.to_thread(self._decode_all, encoded)
             sent_at = time.time()
-            rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline)) for image in images]
+            rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline))
+                    for image in images for task_id in task_ids]
             with self.admission.sending(len(rows)):
                 replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
         finally:
@@ -152,12 +205,7 @@ class Ingress:
         failed = next((r.result for r in replies if isinstance(r.result, Exception)), None)
         if failed is not None:
             raise failed
-        return {
-            "task_id": task_id,
-            "version": replies[0].result.version,
-            "predictions": [_prediction(r.result, r.replica) for r in replies],
-            "queue_ms": round(max(r.queue_s for r in replies) * 1000, 3),
-        }
+        return replies
 
     def _pixels_of(self, encoded: list[bytes]) -> int:
         """The request's pixels, from every image's header: a request over a budget decodes none."""

@@ -1,7 +1,8 @@
 """Reading request bodies within limits, and the two ways a client sends images.
 
 An image comes as the raw body (`Content-Type: image/jpeg` or `image/png`, or anything that is not
-JSON) or as JSON: `{"image": "<base64>"}` or `{"images": ["<base64>", ...]}`. Limits are checked
+JSON) or as JSON: `{"image": "<base64>"}` or `{"images": ["<base64>", ...]}`, where each string may
+also be a `data:image/...;base64,` URL (what a browser's FileReader produces). Limits are checked
 while reading, so an oversized body is refused without being held in memory.
 """
 
@@ -62,7 +63,7 @@ def json_document(body: bytes) -> object:
 
 def images_from_body(body: bytes, content_type: str, max_images: int) -> list[bytes]:
     if not body:
-        raise BadRequest("empty request body: send an image (JPEG or PNG) or JSON {\"image\": \"<base64>\"}")
+        raise BadRequest("empty request body: send an image (JPEG, PNG or WebP) or JSON {\"image\": \"<base64>\"}")
     if content_type.split(";")[0].strip().lower() != "application/json":
         return [body]
     doc = json_document(body)
@@ -79,6 +80,10 @@ def images_from_body(body: bytes, content_type: str, max_images: int) -> list[by
 def _decode_base64(item: object, index: int) -> bytes:
     if not isinstance(item, str):
         raise BadRequest(f"image {index} must be a base64 string")
+    if item.startswith("data:"):
+        media, comma, item = item[5:].partition(",")
+        if not comma or not media.endswith(";base64"):
+            raise BadRequest(f"image {index} is a data URL without base64 content: send data:image/...;base64,...")
     try:
         return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -94,8 +94,12 @@ def test_images_come_raw_or_as_base64_json():
     assert images_from_body(png, "image/png", 4) == [png]
     assert images_from_body(f'{{"image": "{b64}"}}'.encode(), "application/json; charset=utf-8", 4) == [png]
     assert images_from_body(f'{{"images": ["{b64}", "{b64}"]}}'.encode(), "application/json", 4) == [png, png]
+    data_url = f"data:image/png;base64,{b64}"  # what a browser's FileReader.readAsDataURL gives
+    assert images_from_body(f'{{"image": "{data_url}"}}'.encode(), "application/json", 4) == [png]
     for bad, status in ((b"", 400), (b"{", 400), (b"[]", 400), (b'{"image": 3}', 400), (b'{"images": []}', 400),
                         (b'{"image": "a", "images": ["a"]}', 400), (b'{"image": "%%%"}', 400),
+                        (f'{{"image": "data:image/png,{b64}"}}'.encode(), 400),
+                        (b'{"image": "data:image/png;base64,%%%"}', 400),
                         (f'{{"images": ["{b64}"] }}'.replace(f'"{b64}"', ", ".join([f'"{b64}"'] * 5)).encode(), 413)):
         with pytest.raises(RequestError) as caught:
             images_from_body(bad, "application/json", 4)
@@ -327,10 +331,10 @@ def test_a_thread_that_trains_beside_serving_and_the_threads_it_starts_run_only_
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the thread that asked for nothing keeps its priority
 
 
-def test_registration_asks_again_after_a_busy_refusal_and_gives_up_on_other_errors():
+def test_the_client_asks_again_after_a_busy_refusal_and_gives_up_on_other_errors():
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from mosaserve.deploy.client import RegistrationError, register_adapter
+    from mosaserve.client import Client, InvalidAdapterError
 
     answers = [(503, {"Retry-After": "1"}, b'{"error": "busy"}'), (200, {}, b'{"task": {"version": 1}}'),
                (422, {}, b'{"error": "not an adapter"}')]
@@ -353,10 +357,12 @@ def test_registration_asks_again_after_a_busy_refusal_and_gives_up_on_other_erro
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        assert register_adapter(url, "t", b"file", "token") == {"task": {"version": 1}}
+        client = Client(url, token="token")
+        assert client.register("t", b"file") == {"task": {"version": 1}}
         assert received == [b"file", b"file"]  # the same file, asked again after Retry-After
-        with pytest.raises(RegistrationError, match="422"):
-            register_adapter(url, "t", b"file", "token")
+        with pytest.raises(InvalidAdapterError, match="not an adapter") as refused:
+            client.register("t", b"file")
+        assert refused.value.status == 422
         assert len(received) == 3  # a refusal that is not "busy" is final
     finally:
         server.shutdown()

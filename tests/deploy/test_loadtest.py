@@ -32,6 +32,21 @@ def test_steady_zipf_load_from_the_cli_reports_every_request(service, tmp_path, 
     assert "| overall |" in capsys.readouterr().out
 
 
+def test_multi_task_compares_one_request_with_a_request_per_task_at_every_task_count(service, tmp_path, capsys):
+    for i in range(2):
+        assert service.put(f"mt{i}", service.adapter(seed=320 + i)[0]).status_code == 201
+    out = tmp_path / "multi"
+    assert main(["loadtest", "run", "--url", service.url, "--scenario", "multi-task", "--tasks", "mt0,mt1,__backbone__",
+                 "--duration", "1", "--concurrency", "2", "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert list(doc["levels"]) == ["1 tasks", "2 tasks", "3 tasks"]  # 1, 2, then 4 and 8 capped at the 3 given
+    for level in doc["levels"].values():
+        for row in level["ways"].values():
+            assert row["images"] > 0 and row["failed"] == 0 and row["p50_ms"] <= row["p99_ms"]
+        assert level["speedup"] > 0
+    assert "images/s of one request over a request per task" in capsys.readouterr().out
+
+
 def test_registrations_under_load_fail_no_request_and_every_upload_lands(service, tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()

@@ -69,15 +69,56 @@ def test_register_then_predict_raw_and_json_bodies_match_the_model_run_alone(ser
         label, prob = expected_top(service, model, image)
         assert got["top_k"][0]["label"] == label and got["top_k"][0]["probability"] == pytest.approx(prob, abs=1e-4)
     single = requests.post(f"{service.url}/v1/tasks/flowers/predict", timeout=60,
-                           json={"image": base64.b64encode(image_jpeg).decode()}).json()
+                           json={"image": "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode()}).json()
     # The same image in batches of other sizes: equal up to float rounding, not bit for bit.
     for got, want in zip(single["predictions"][0]["top_k"], both["predictions"][1]["top_k"]):
         assert got["label"] == want["label"] and got["probability"] == pytest.approx(want["probability"], abs=1e-4)
+
+    webp = io.BytesIO()
+    decoded = decode_image(image_png)
+    Image.fromarray(decoded.permute(1, 2, 0).numpy()).save(webp, "WEBP", lossless=True)
+    same = service.predict("flowers", webp.getvalue(), top_k=2, content_type="image/webp").json()
+    assert same["predictions"][0]["top_k"] == raw.json()["predictions"][0]["top_k"]  # the same pixels, losslessly
 
     bare = service.predict("__backbone__", image_png).json()
     with torch.inference_mode():
         features = service.backbone(Preprocessor(service.info)(decode_image(image_png)))[0]
     torch.testing.assert_close(torch.tensor(bare["predictions"][0]["embedding"]), features, atol=1e-4, rtol=1e-4)
+
+
+def test_one_request_for_several_tasks_answers_each_as_its_own_request_would(service):
+    models = {}
+    for task_id, seed, classes in (("multi-a", 41, 3), ("multi-b", 42, 5)):
+        data, models[task_id] = service.adapter(seed=seed, classes=classes)
+        assert service.put(task_id, data).status_code == 201
+    image_png, image_jpeg = png(), jpeg()
+    url = f"{service.url}/v1/predict"
+    both = requests.post(url, params={"tasks": "multi-b,multi-a,__backbone__", "top_k": 2}, data=image_png,
+                         headers={"Content-Type": "image/png"}, timeout=60)
+    assert both.status_code == 200, both.text
+    answers = both.json()["tasks"]
+    assert [a["task_id"] for a in answers] == ["multi-b", "multi-a", "__backbone__"]
+    for answer in answers[:2]:
+        label, prob = expected_top(service, models[answer["task_id"]], image_png)
+        top = answer["predictions"][0]["top_k"]
+        assert answer["version"] == 1 and len(top) == 2
+        assert top[0]["label"] == label and top[0]["probability"] == pytest.approx(prob, abs=1e-4)
+    assert len(answers[2]["predictions"][0]["embedding"]) == service.info.num_features
+
+    two_images = {"images": [base64.b64encode(b).decode() for b in (image_png, image_jpeg)]}
+    grid = requests.post(url, params={"tasks": "multi-a,multi-b"}, json=two_images, timeout=60).json()["tasks"]
+    for answer in grid:
+        assert [p["top_k"][0]["label"] for p in answer["predictions"]] == [
+            expected_top(service, models[answer["task_id"]], image)[0] for image in (image_png, image_jpeg)]
+
+    for tasks, body, status in (("multi-a,nobody", image_png, 404), ("multi-a,multi-a", image_png, 400),
+                                ("multi-a,,multi-b", image_png, 400), ("multi-a,bad..id", image_png, 400),
+                                (",".join(f"t{i}" for i in range(5)), image_png, 413)):
+        r = requests.post(url, params={"tasks": tasks}, data=body, headers={"Content-Type": "image/png"}, timeout=60)
+        assert r.status_code == status, (tasks, r.text)
+    three_images = {"images": [base64.b64encode(image_png).decode()] * 3}  # 3 x 2 = 6 rows, over the limit of 4
+    over = requests.post(url, params={"tasks": "multi-a,multi-b"}, json=three_images, timeout=60)
+    assert over.status_code == 413 and "6 rows" in over.json()["error"]
 
 
 def test_lora_tasks_are_served_beside_mosa_tasks(service):
@@ -477,14 +518,15 @@ def test_restarted_application_serves_every_registered_task(service):
 
 def test_openapi_docs_are_served(service):
     spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
-    assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/predict", "/healthz", "/metrics"} <= set(spec["paths"])
+    assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/predict", "/v1/predict", "/healthz",
+            "/metrics"} <= set(spec["paths"])
 
 
-def test_a_dataset_on_disk_becomes_a_live_task_through_the_sidecar_path(service, tmp_path):
-    """Image folder -> trained, merged adapter file -> PUT by the client -> served without restart."""
+def test_a_dataset_on_disk_becomes_a_live_task_through_the_python_client(service, tmp_path):
+    """Image folder -> trained, merged adapter file -> registered by the client -> served without restart."""
+    from mosaserve import client as c
     from mosaserve.adapters.demo import run_demo
     from mosaserve.adapters.training import TrainConfig
-    from mosaserve.deploy.client import RegistrationError, register_adapter
 
     for name, colour in (("light", 220), ("dark", 20)):
         (tmp_path / "shades" / name).mkdir(parents=True)
@@ -492,12 +534,33 @@ def test_a_dataset_on_disk_becomes_a_live_task_through_the_sidecar_path(service,
             Image.new("L", (18, 18), colour + (i % 3)).save(tmp_path / "shades" / name / f"{i}.png")
     rows = run_demo(tmp_path / "out", ("mosa",), f"folder:{tmp_path / 'shades'}", train_cfg=TrainConfig(epochs=1),
                     progress=False, backbone_spec=service.config.runtime.backbone)
-    answer = register_adapter(service.url, "shades", rows[0].file.read_bytes(), "test-admin-token")
+    admin, anyone = c.Client(service.url, token=TOKEN), c.Client(service.url)
+    answer = admin.register("shades", rows[0].file)
     assert answer["servable_everywhere"] and answer["task"]["labels"] == ["dark", "light"]
-    served = service.predict("shades", png(color=(220, 220, 220)))
-    assert served.status_code == 200 and {p["label"] for p in served.json()["predictions"][0]["top_k"]} == {"dark", "light"}
-    with pytest.raises(RegistrationError, match="401"):
-        register_adapter(service.url, "shades", rows[0].file.read_bytes(), "wrong")
+    assert admin.task("shades")["version"] == 1 and "shades" in {t["task_id"] for t in anyone.tasks()}
+
+    light = tmp_path / "light.png"
+    light.write_bytes(png(color=(220, 220, 220)))
+    one = anyone.predict("shades", light, top_k=1)
+    assert one["task_id"] == "shades" and {p["top_k"][0]["label"] for p in one["predictions"]} <= {"dark", "light"}
+    listed = anyone.predict("shades", [light, light.read_bytes()], top_k=1)["predictions"]
+    assert [p["top_k"] for p in listed] == [one["predictions"][0]["top_k"]] * 2
+    many = anyone.predict_many(["shades", "__backbone__"], light, top_k=1)
+    assert [a["task_id"] for a in many] == ["shades", "__backbone__"] and many[0]["predictions"] == one["predictions"]
+
+    refusals = ((c.UnauthorizedError, lambda: c.Client(service.url, token="wrong").register("x", rows[0].file)),
+                (c.UnauthorizedError, lambda: anyone.remove("shades")),  # no token given: refused before sending
+                (c.InvalidAdapterError, lambda: admin.register("junk", b"not an adapter file")),
+                (c.BadRequestError, lambda: anyone.predict("shades", b"not an image")),
+                (c.TooLargeError, lambda: anyone.predict("shades", [light] * 5)),  # the limit is 4 images
+                (c.NotFoundError, lambda: anyone.predict("nobody", light)),
+                (c.UnreachableError, lambda: c.Client("http://127.0.0.1:9").tasks()))
+    for error, call in refusals:
+        with pytest.raises(error):
+            call()
+    admin.remove("shades")
+    with pytest.raises(c.NotFoundError, match="404"):
+        anyone.task("shades")
 
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -514,11 +577,12 @@ def wait_for_job(service, job_id: str, states: set[str], timeout_s: float = 120.
 
 
 def test_training_job_turns_a_dataset_into_a_live_task(service):
-    body = {"task_id": "digits-live", "dataset": "digits", "method": "mosa", "epochs": 2, "train_size": 120,
-            "test_size": 60}
-    submitted = requests.post(f"{service.url}/v1/train", json=body, headers=ADMIN, timeout=30)
-    assert submitted.status_code == 202 and submitted.json()["state"] in ("queued", "running")
-    job = wait_for_job(service, submitted.json()["job_id"], {"succeeded", "failed"})
+    from mosaserve.client import Client
+
+    admin = Client(service.url, token=TOKEN)
+    submitted = admin.train("digits-live", "digits", method="mosa", epochs=2, train_size=120, test_size=60)
+    assert submitted["state"] in ("queued", "running")
+    job = admin.wait(submitted["job_id"], timeout_s=300, poll_s=0.2)
     assert job["state"] == "succeeded", job
     assert job["epoch"] == 2 and job["loss"] > 0 and 0 <= job["test_accuracy"] <= 1 and job["version"] == 1
     answer = service.predict("digits-live", png())  # servable everywhere when the job says succeeded
