@@ -142,9 +142,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .adapters.embedded import EMBEDDED_ARCHITECTURE, EMBEDDED_CHECKPOINT
     from .adapters.pretraining import PretrainConfig, pretrain, save_embedded
 
-    cfg = PretrainConfig(epochs=args.epochs, seed=args.seed, device=args.device)
+    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                         glyph_classes=args.glyph_classes, glyphs_per_batch=args.glyphs_per_batch)
     report = lambda row: print(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "  # noqa: E731
-                               f"val acc {row['val_accuracy']:.2%}  {row['seconds']:.0f} s", flush=True)
+                               f"val acc {row['val_accuracy']:.2%}  glyph val acc {row['glyph_val_accuracy']}  "
+                               f"{row['seconds']:.0f} s", flush=True)
     backbone, result = pretrain(EMBEDDED_ARCHITECTURE, load_animal_mnist(), cfg, on_epoch=report)
     path = save_embedded(backbone, Path(args.out or EMBEDDED_CHECKPOINT), EMBEDDED_ARCHITECTURE, cfg, result)
     print(f"written: {path} (val accuracy {result.val_accuracy:.2%}, {result.seconds:.0f} s)")
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     pre = sub.add_parser("pretrain-backbone", help="rebuild the embedded default backbone (needs animal-mnist)")
     pre.add_argument("--epochs", type=int, default=15)
+    pre.add_argument("--batch-size", type=int, default=128, help="Animal-MNIST images per step")
+    pre.add_argument("--glyph-classes", type=int, default=0, help="procedural stroke-glyph classes trained beside")
+    pre.add_argument("--glyphs-per-batch", type=int, default=0, help="glyph images added to each step's batch")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="cpu", help="cpu, or cuda for a larger run where a GPU is lent")
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")

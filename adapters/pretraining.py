@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .augment import random_shift
 from .backbone import BackboneSpec, build_model, describe
+from .glyphs import GlyphClasses
 from .image_dataset import ImageDataset, train_test_split
 from .preprocess import Preprocessor
 from .training import accuracy, warmup_cosine
@@ -41,6 +42,8 @@ class PretrainConfig:
     val_size: int = 1000
     seed: int = 0
     device: str = "cpu"  # "cuda" for a larger run where a GPU is lent
+    glyph_classes: int = 0  # procedural stroke-glyph classes (glyphs.py) trained beside the data's; 0: none
+    glyphs_per_batch: int = 0  # glyph images added to each batch of the data's images
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,16 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
     """Trains `spec`'s ViT with a classifier on `data`; returns the backbone (no head) and the result."""
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    model.reset_classifier(len(data.class_names))
+    model.reset_classifier(len(data.class_names) + cfg.glyph_classes)
+    glyphs = GlyphClasses(cfg.glyph_classes, seed=cfg.seed, size=data.images.shape[-1]) if cfg.glyph_classes else None
     prep = Preprocessor(describe(model, spec))
     model.to(cfg.device)
     train, val = train_test_split(data, len(data) - cfg.val_size, cfg.val_size, seed=cfg.seed)
-    val_x, val_y, train_y = prep(val.images).to(cfg.device), val.labels.to(cfg.device), train.labels.to(cfg.device)
+    val_x, val_y = prep(val.images).to(cfg.device), val.labels.to(cfg.device)
+    if glyphs is not None:  # a fixed set of glyph images no batch draws
+        glyph_val = _with_glyphs(val.images[:0], val.labels[:0], glyphs, cfg.val_size, len(data.class_names),
+                                 torch.Generator().manual_seed(cfg.seed + 1))
+        glyph_val = (prep(glyph_val[0]).to(cfg.device), glyph_val[1].to(cfg.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -80,8 +88,12 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
         total = 0.0
         for start in range(0, len(train), cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            x = prep(augment(train.images[rows], cfg.max_shift, generator)).to(cfg.device)
-            loss = F.cross_entropy(model(x), train_y[rows.to(cfg.device)], label_smoothing=cfg.label_smoothing)
+            images, labels = augment(train.images[rows], cfg.max_shift, generator), train.labels[rows]
+            if glyphs is not None:
+                images, labels = _with_glyphs(images, labels, glyphs, cfg.glyphs_per_batch, len(data.class_names),
+                                              generator)
+            x = prep(images).to(cfg.device)
+            loss = F.cross_entropy(model(x), labels.to(cfg.device), label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -89,8 +101,9 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
             total += float(loss.detach()) * len(rows)
         with torch.inference_mode():
             val_acc = accuracy(model, val_x, val_y)
+            glyph_acc = None if glyphs is None else accuracy(model, *glyph_val)
         history.append({"epoch": epoch + 1, "loss": total / len(train), "val_accuracy": val_acc,
-                        "seconds": time.perf_counter() - began})
+                        "glyph_val_accuracy": glyph_acc, "seconds": time.perf_counter() - began})
         if on_epoch is not None:
             on_epoch(history[-1])
     backbone = copy.deepcopy(model).to("cpu")
@@ -98,12 +111,23 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
     return backbone.eval(), PretrainResult(history[-1]["val_accuracy"], time.perf_counter() - began, history)
 
 
+def _with_glyphs(images: Tensor, labels: Tensor, glyphs: GlyphClasses, count: int, first_label: int,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The batch with `count` fresh glyph images appended, their classes numbered after the data's."""
+    drawn = torch.randint(0, glyphs.num_classes, (count,), generator=generator)
+    rendered = glyphs.render(drawn, generator).expand(-1, images.shape[1], -1, -1)
+    return torch.cat([images, rendered]), torch.cat([labels, drawn + first_label])
+
+
 def save_embedded(backbone: torch.nn.Module, path: Path, spec: BackboneSpec, cfg: PretrainConfig,
                   result: PretrainResult) -> Path:
     """Writes float16 weights with a metadata record of how they were made."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in backbone.state_dict().items()}
-    meta = {"model": spec.name, "kwargs": repr(spec.kwargs), "data": "animal-mnist 0.4 (PyPI), 10 animal classes",
+    data = "animal-mnist 0.4 (PyPI), 10 animal classes"
+    if cfg.glyph_classes:
+        data += f"; {cfg.glyph_classes} procedural stroke-glyph classes, {cfg.glyphs_per_batch} glyphs per batch"
+    meta = {"model": spec.name, "kwargs": repr(spec.kwargs), "data": data,
             "config": repr(asdict(cfg)), "val_accuracy": f"{result.val_accuracy:.4f}"}
     save_file(state, str(path), metadata=meta)
     return path

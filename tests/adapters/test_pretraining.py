@@ -26,6 +26,16 @@ def pinned_file(tmp_path, monkeypatch, payload: bytes):
     return path
 
 
+def halves(count: int) -> ImageDataset:
+    """Two separable classes: a bright top half or a bright bottom half over dim noise."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 40, (count, 1, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(count) % 2
+    images[labels == 0, :, :8] += 200
+    images[labels == 1, :, 8:] += 200
+    return ImageDataset("halves", images, labels, ("top", "bottom"))
+
+
 def test_data_files_load_numpy_arrays_only(tmp_path, monkeypatch):
     array = np.arange(12, dtype=np.uint8).reshape(3, 4)
     path = pinned_file(tmp_path, monkeypatch, pickle.dumps(array))
@@ -58,12 +68,7 @@ def test_augment_shifts_and_flips_without_changing_shapes():
 
 def test_pretraining_learns_and_its_checkpoint_loads_as_a_backbone(tmp_path):
     """Two separable classes (bright top half vs bright bottom half; flips are horizontal): a tiny ViT learns them."""
-    torch.manual_seed(0)
-    images = torch.randint(0, 40, (320, 1, 16, 16), dtype=torch.uint8)
-    labels = torch.arange(320) % 2
-    images[labels == 0, :, :8] += 200
-    images[labels == 1, :, 8:] += 200
-    data = ImageDataset("halves", images, labels, ("top", "bottom"))
+    data = halves(320)
     cfg = PretrainConfig(epochs=4, batch_size=32, lr=2e-3, val_size=64, max_shift=1)
     backbone, result = pretrain(TINY_VIT, data, cfg)
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
@@ -74,3 +79,32 @@ def test_pretraining_learns_and_its_checkpoint_loads_as_a_backbone(tmp_path):
     assert model.num_classes == 0 and info.fingerprint == load_backbone(spec)[1].fingerprint
     with torch.inference_mode():
         assert model(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_glyph_classes_are_the_same_for_a_seed_and_their_images_resemble_their_own_class():
+    from mosaserve.adapters.glyphs import GlyphClasses
+
+    glyphs = GlyphClasses(8, seed=3, size=20)
+    assert torch.equal(glyphs.control, GlyphClasses(8, seed=3, size=20).control)
+    assert not torch.equal(glyphs.control, GlyphClasses(8, seed=4, size=20).control)
+    labels = torch.arange(8).repeat(20)
+    images = glyphs.render(labels, torch.Generator().manual_seed(0))
+    assert images.shape == (160, 1, 20, 20) and images.dtype == torch.uint8
+    inked = (images > 0).flatten(1).float().mean(1)
+    assert bool((inked > 0.02).all()) and bool((inked < 0.6).all())  # strokes, neither empty nor filled
+    # Nearest class mean (leave-one-out-free, means from the other half): instances share their class's shape.
+    flat = images.flatten(1).float()
+    means = torch.stack([flat[80:][labels[80:] == k].mean(0) for k in range(8)])
+    nearest = torch.cdist(flat[:80], means).argmin(1)
+    assert float((nearest == labels[:80]).float().mean()) >= 0.7
+
+
+def test_pretraining_with_glyphs_learns_both_and_keeps_the_backbone_shape(tmp_path):
+    data = halves(192)
+    cfg = PretrainConfig(epochs=10, batch_size=32, lr=2e-3, val_size=64, max_shift=1, glyph_classes=2,
+                         glyphs_per_batch=64)
+    backbone, result = pretrain(TINY_VIT, data, cfg)
+    assert result.val_accuracy >= 0.9 and result.history[-1]["glyph_val_accuracy"] >= 0.7  # chance: 0.5
+    path = save_embedded(backbone, tmp_path / "bb.safetensors", TINY_VIT, cfg, result)
+    model, _ = load_backbone(BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(path)))
+    assert model.num_classes == 0
