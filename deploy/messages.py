@@ -24,6 +24,7 @@ class PredictItem:
     top_k: int
     sent_at: float  # wall clock at the ingress, for the queue wait
     deadline: float  # wall clock after which no answer may leave: the row is dropped, not computed
+    every_class: bool = False  # also answer every class's probability (the Open Inference Protocol's output)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ class TaskReplica:
         return [self._reply(item, answer, started, len(items)) for item, answer in zip(items, outcome.answers)]
 
     def _serve(self, items: list[PredictItem]) -> BatchOutcome:
-        return self.runtime.serve_batch([i.image for i in items], [i.task_id for i in items], [i.top_k for i in items])
+        return self.runtime.serve_batch([i.image for i in items], [i.task_id for i in items], [i.top_k for i in items],
+                                        [i.every_class for i in items])
 
     async def _serve_alone(self, item: PredictItem, started: float) -> RowReply:
         try:

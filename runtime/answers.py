@@ -16,9 +16,11 @@ class Answer:
     version: int | None  # None for the bare backbone
     top: tuple[tuple[str, float], ...]  # (label, probability), most probable first
     embedding: tuple[float, ...] | None = None  # the bare backbone's pooled features
+    probabilities: tuple[float, ...] | None = None  # every class's, in the labels' order, where asked for
 
 
-def answer_row(task_id: str, result: RowResult, labels: tuple[str, ...] | None, top_k: int) -> Answer:
+def answer_row(task_id: str, result: RowResult, labels: tuple[str, ...] | None, top_k: int,
+               every_class: bool = False) -> Answer:
     if result.version is None or labels is None:
         return Answer(task_id, None, (), tuple(result.output.float().tolist()))
     probs = torch.softmax(result.output.float(), dim=-1)
@@ -28,4 +30,5 @@ def answer_row(task_id: str, result: RowResult, labels: tuple[str, ...] | None, 
         raise NonFiniteOutputError(f"task {task_id!r} v{result.version} produced non-finite outputs: "
                                    "its adapter's weights or scale are too large; register a sound version")
     values, indices = probs.topk(min(top_k, len(labels)))
-    return Answer(task_id, result.version, tuple((labels[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist())))
+    top = tuple((labels[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist()))
+    return Answer(task_id, result.version, top, probabilities=tuple(probs.tolist()) if every_class else None)

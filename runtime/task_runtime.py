@@ -140,18 +140,22 @@ class TaskRuntime:
     def _batch(self, images: list[Tensor]) -> Tensor:
         return torch.cat([self.preprocess(image) for image in images])
 
-    def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
+    def serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int],
+                    every_class: list[bool] | None = None) -> BatchOutcome:
         """A served batch: rows of unknown tasks answer UnknownTaskError, the others run in one pass (a task
-        whose outputs overflow answers NonFiniteOutputError on its own rows only)."""
+        whose outputs overflow answers NonFiniteOutputError on its own rows only). Rows with `every_class`
+        also answer every class's probability."""
+        every_class = every_class or [False] * len(images)
         try:
-            return self._serve_batch(images, task_ids, top_k)
+            return self._serve_batch(images, task_ids, top_k, every_class)
         except HostCopyLostError:
             # A version this process still serves, out of host memory, was replaced in the store before its
             # news arrived: catch up with the store now and serve what it holds.
             self.sync()
-            return self._serve_batch(images, task_ids, top_k)
+            return self._serve_batch(images, task_ids, top_k, every_class)
 
-    def _serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int]) -> BatchOutcome:
+    def _serve_batch(self, images: list[Tensor], task_ids: list[str], top_k: list[int],
+                     every_class: list[bool]) -> BatchOutcome:
         snapshot = self.bank.snapshot()
         runnable = [i for i, t in enumerate(task_ids) if t == BACKBONE_TASK or t in snapshot]
         answers: list[Answer | RowError] = [
@@ -165,7 +169,7 @@ class TaskRuntime:
             record = snapshot.get(task_ids[i])
             try:
                 answers[i] = answer_row(task_ids[i], replace(result, output=output),
-                                        record.header.labels if record else None, top_k[i])
+                                        record.header.labels if record else None, top_k[i], every_class[i])
             except NonFiniteOutputError as exc:
                 answers[i] = exc
         return BatchOutcome(answers, timings, len(set(rows)))

@@ -1,4 +1,5 @@
-"""Every error of mosaserve's HTTP APIs, in one table from its type to a status; bodies are {"error", "status"}.
+"""Every error of mosaserve's HTTP APIs, in one table from its type to a status; bodies are {"error", "status"}
+({"error"} alone on the Open Inference Protocol's /v2 routes).
 
 Routes, replicas and the task board raise or return errors that say what went wrong; only this
 module turns them into HTTP statuses, through FastAPI exception handlers on both ports.
@@ -85,24 +86,29 @@ def _message(request: Request, exc: Exception) -> str:
     return message
 
 
+def _error(request: Request, message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    # The Open Inference Protocol's error is {"error": message} alone.
+    body = {"error": message} if request.url.path.startswith("/v2") else {"error": message, "status": status}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     retry_after_s = 2 if isinstance(exc, PART_RESTARTING) else getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s)
-    return JSONResponse({"error": _message(request, exc), "status": status}, status_code=status, headers=headers)
+    return _error(request, _message(request, exc), status, headers)
 
 
 # Routing and parameter errors answer in the same shape as ours, so a client reads every 4xx the same way.
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(request, str(exc.detail), exc.status_code, getattr(exc, "headers", None))
 
 
-async def _parameter_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _parameter_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{' '.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors())
-    return JSONResponse({"error": f"invalid request: {problems}", "status": 400}, status_code=400)
+    return _error(request, f"invalid request: {problems}", 400)
 
 
 def add_error_handlers(app: FastAPI) -> None:

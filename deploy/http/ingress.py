@@ -24,6 +24,7 @@ from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, remove_task
 from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
+from .open_inference import HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
 from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
 
 app = FastAPI(title="mosaserve", version=__version__,
@@ -111,8 +112,8 @@ class Ingress:
                           "answer not ready by then is dropped and the request answered 504"))) -> JSONResponse:
         """Classify one image (raw JPEG/PNG/WebP body) or several (JSON {"image": b64} or {"images": [b64, ...]}).
         Answered 503 with Retry-After at once when the service cannot serve it before its deadline."""
-        body = await self._measured([task_id], self._predict(task_id, request, top_k, timeout_ms))
-        return JSONResponse(body)
+        body, elapsed = await self._measured([task_id], self._predict(task_id, request, top_k, timeout_ms))
+        return JSONResponse({**body, "latency_ms": round(elapsed * 1000, 3)})
 
     @app.post("/v1/predict")
     async def predict_tasks(self, request: Request, tasks: str, top_k: int | None = None,
@@ -120,9 +121,10 @@ class Ingress:
         """Classify the same image(s) for several tasks at once (`tasks=a,b,c`; the body as for one task): each
         image is decoded once and its rows join the mixed batches. Answers one entry per task, in order."""
         task_ids = _task_list(tasks)
-        return JSONResponse(await self._measured(task_ids, self._predict_tasks(task_ids, request, top_k, timeout_ms)))
+        body, elapsed = await self._measured(task_ids, self._predict_tasks(task_ids, request, top_k, timeout_ms))
+        return JSONResponse({**body, "latency_ms": round(elapsed * 1000, 3)})
 
-    async def _measured(self, task_ids: list[str], answering) -> dict:
+    async def _measured(self, task_ids: list[str], answering) -> tuple[object, float]:
         """Counts the request under each task it names (unknown ids under one label), its latency and why it failed."""
         began = time.perf_counter()
         try:
@@ -143,8 +145,7 @@ class Ingress:
             self.known_tasks.add(task_id)
             self.metrics.requests.labels(task_id).inc()
             self.metrics.latency.labels(task_id).observe(elapsed)
-        body["latency_ms"] = round(elapsed * 1000, 3)
-        return body
+        return body, elapsed
 
     async def _predict(self, task_id: str, request: Request, top_k: int | None, timeout_ms: int | None) -> dict:
         answers, queue_s = await self._answer(request, [task_id], top_k, timeout_ms)
@@ -159,21 +160,9 @@ class Ingress:
                       timeout_ms: int | None) -> tuple[list[dict], float]:
         """Every image of the request for every task: one answer per task (its predictions, one per image) and
         the longest queue wait of its rows."""
-        deadline = deadline_of(timeout_ms, self.config.limits.request_timeout_s)
-        for task_id in task_ids:
-            if task_id != BACKBONE_TASK:
-                validate_task_id(task_id)
-        if len(task_ids) > self.config.limits.max_images_per_request:
-            raise TooLarge(f"{len(task_ids)} tasks in one request; the limit is "
-                           f"{self.config.limits.max_images_per_request} (max_images_per_request)")
-        k = self.config.limits.default_top_k if top_k is None else top_k
-        if not 1 <= k <= MAX_TOP_K:
-            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-        refusal = self.admission.refusal(time.time(), deadline)  # before any reading or decoding
-        if refusal is not None:
-            raise refusal
-        raw = await read_limited(request.stream(), request.headers.get("content-length"),
-                                 self.config.limits.max_request_bytes, "request body")
+        k = self._top_k(top_k)
+        deadline = self._admitted(task_ids, timeout_ms)
+        raw = await self._body(request)
         limit = self.config.limits.max_images_per_request  # rows: images x tasks
         encoded = images_from_body(raw, request.headers.get("content-type", ""), limit)
         if len(encoded) * len(task_ids) > limit:
@@ -187,14 +176,39 @@ class Ingress:
                             "predictions": [_prediction(r.result, r.replica) for r in mine]})
         return answers, max(r.queue_s for r in replies)
 
-    async def _rows(self, encoded: list[bytes], task_ids: list[str], k: int, deadline: float) -> list[RowReply]:
+    def _top_k(self, top_k: int | None) -> int:
+        k = self.config.limits.default_top_k if top_k is None else top_k
+        if not 1 <= k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+        return k
+
+    def _admitted(self, task_ids: list[str], timeout_ms: int | None) -> float:
+        """The request's deadline, once its task ids are valid and the service can take it: before any reading."""
+        deadline = deadline_of(timeout_ms, self.config.limits.request_timeout_s)
+        for task_id in task_ids:
+            if task_id != BACKBONE_TASK:
+                validate_task_id(task_id)
+        if len(task_ids) > self.config.limits.max_images_per_request:
+            raise TooLarge(f"{len(task_ids)} tasks in one request; the limit is "
+                           f"{self.config.limits.max_images_per_request} (max_images_per_request)")
+        refusal = self.admission.refusal(time.time(), deadline)
+        if refusal is not None:
+            raise refusal
+        return deadline
+
+    async def _body(self, request: Request) -> bytes:
+        return await read_limited(request.stream(), request.headers.get("content-length"),
+                                  self.config.limits.max_request_bytes, "request body")
+
+    async def _rows(self, encoded: list[bytes], task_ids: list[str], k: int, deadline: float,
+                    every_class: bool = False) -> list[RowReply]:
         """Decodes each image once and sends one row per image and task; raises the first row's error."""
         pixels = await asyncio.to_thread(self._pixels_of, encoded)
         self.in_flight.take(pixels)  # on the event loop, right before the try: a cancel can never skip giving back
         try:
             images = await asyncio.to_thread(self._decode_all, encoded)
             sent_at = time.time()
-            rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline))
+            rows = [predict_row(self.replicas, PredictItem(image, task_id, k, sent_at, deadline, every_class))
                     for image in images for task_id in task_ids]
             with self.admission.sending(len(rows)):
                 replies: list[RowReply] = await _by_deadline(asyncio.gather(*rows), deadline - sent_at)
@@ -228,11 +242,17 @@ class Ingress:
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(self, task_id: str) -> dict:
+        return await self._task(task_id)
+
+    async def _task(self, task_id: str, version: str | None = None) -> dict:
         if task_id != BACKBONE_TASK:
             validate_task_id(task_id)
         found = await self.replicas.describe.remote(task_id)
         if found is None:
             raise UnknownTaskError(f"task {task_id!r} is not registered")
+        if version is not None and version != str(found["version"]):
+            raise NotFound(f"version {version!r} of task {task_id!r} is not served; the live version is "
+                           f"{found['version']}")
         return found
 
     @app.put("/v1/tasks/{task_id}")
@@ -277,6 +297,71 @@ class Ingress:
         if found is None:
             raise NotFound(f"no training job {job_id!r}")
         return found
+
+    # --- the Open Inference Protocol (KServe V2): another door to the same replicas -------------
+    @app.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(self) -> JSONResponse:
+        ready = bool((await self.board.status.remote())["replicas"])
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/v2")
+    async def v2_server(self) -> dict:
+        return {"name": "mosaserve", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+    @app.get("/v2/models/{task_id}")
+    async def v2_model(self, task_id: str) -> dict:
+        """A task as a model: its live version, the BYTES input `image`, its outputs."""
+        return model_metadata(await self._task(task_id))
+
+    @app.get("/v2/models/{task_id}/versions/{version}")
+    async def v2_model_version(self, task_id: str, version: str) -> dict:
+        return model_metadata(await self._task(task_id, version))
+
+    @app.get("/v2/models/{task_id}/ready")
+    async def v2_model_ready(self, task_id: str) -> dict:
+        return {"name": (await self._task(task_id))["task_id"], "ready": True}
+
+    @app.get("/v2/models/{task_id}/versions/{version}/ready")
+    async def v2_model_version_ready(self, task_id: str, version: str) -> dict:
+        return {"name": (await self._task(task_id, version))["task_id"], "ready": True}
+
+    @app.post("/v2/models/{task_id}/infer")
+    async def v2_infer(self, task_id: str, request: Request,
+                       timeout_ms: int | None = Header(None, alias=DEADLINE_HEADER, ge=1)) -> Response:
+        """Classify encoded images (BYTES input `image`, JSON or the binary tensor extension) with the live
+        version: outputs `probabilities` (FP32 [N, classes]) and `labels` (BYTES [N, top_k])."""
+        return await self._v2_infer(task_id, None, request, timeout_ms)
+
+    @app.post("/v2/models/{task_id}/versions/{version}/infer")
+    async def v2_infer_version(self, task_id: str, version: str, request: Request,
+                               timeout_ms: int | None = Header(None, alias=DEADLINE_HEADER, ge=1)) -> Response:
+        """As /v2/models/{task_id}/infer, answered 404 unless `version` is the live one."""
+        return await self._v2_infer(task_id, version, request, timeout_ms)
+
+    async def _v2_infer(self, task_id: str, version: str | None, request: Request,
+                        timeout_ms: int | None) -> Response:
+        (body, header_length), _ = await self._measured([task_id], self._open_inference(task_id, version, request,
+                                                                                        timeout_ms))
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+    async def _open_inference(self, task_id: str, version: str | None, request: Request,
+                              timeout_ms: int | None) -> tuple[bytes, int | None]:
+        deadline = self._admitted([task_id], timeout_ms)
+        limits = self.config.limits
+        wanted = parse_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH),
+                                     limits.max_images_per_request)
+        replies = await self._rows(wanted.images, [task_id], self._top_k(wanted.top_k), deadline, every_class=True)
+        answers = [reply.result for reply in replies]
+        if version is not None and version != str(answers[0].version):  # the live version is what answered
+            raise NotFound(f"version {version!r} of task {task_id!r} is not served; the live version is "
+                           f"{answers[0].version}")
+        return infer_response(task_id, wanted, answers)
 
     # --- operations ------------------------------------------------------------------------
     @app.get("/healthz")

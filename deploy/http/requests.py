@@ -74,10 +74,10 @@ def images_from_body(body: bytes, content_type: str, max_images: int) -> list[by
         raise BadRequest('"images" must be a non-empty list of base64 strings')
     if len(encoded) > max_images:
         raise TooLarge(f"{len(encoded)} images in one request; the limit is {max_images}")
-    return [_decode_base64(item, i) for i, item in enumerate(encoded)]
+    return [decode_base64(item, i) for i, item in enumerate(encoded)]
 
 
-def _decode_base64(item: object, index: int) -> bytes:
+def decode_base64(item: object, index: int) -> bytes:
     if not isinstance(item, str):
         raise BadRequest(f"image {index} must be a base64 string")
     if item.startswith("data:"):
