@@ -52,10 +52,12 @@ class ServingSettings:
                                                     "more wait at Serve's proxy, the rest are answered 503 there. "
                                                     "Raise it for fast replicas (a GPU): above requests per second "
                                                     "per replica times the latency objective")
+    task_series: int = setting(100, "tasks whose requests get series of their own in /metrics: the busiest by "
+                                    "recent traffic, re-ranked each minute; the others count under task=\"(other)\"")
 
     def __post_init__(self) -> None:
         _positive(self, "replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests",
-                  "ingress_requests_per_replica")
+                  "ingress_requests_per_replica", "task_series")
         if min(self.batch_wait_timeout_s, self.replica_num_cpus) < 0:
             raise ServeConfigError("batch_wait_timeout_s and replica_num_cpus must not be negative")
 

@@ -20,6 +20,7 @@ from ..config import MAX_TOP_K, ServeConfig
 from ..messages import PredictItem, RowReply
 from ..observability.metrics import RequestMetrics, exposition, merge_expositions
 from ..observability.push import report_metrics_forever
+from ..observability.task_labels import OTHER_TASK, TaskLabels
 from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, remove_task
@@ -29,7 +30,6 @@ from .requests import PixelsInFlight, deadline_of, images_from_body, json_docume
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
-OTHER_TASK = "(other)"  # metric label for ids not (yet) known to be registered: keeps label cardinality bounded
 add_error_handlers(app)
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 ATTEMPTS = 4
@@ -97,7 +97,8 @@ class Ingress:
         self.process_id = f"ingress-{serve.get_replica_context().replica_id.unique_id}"
         self.registry = CollectorRegistry()
         self.metrics = RequestMetrics(self.registry)
-        self.known_tasks: set[str] = {BACKBONE_TASK}
+        self.known_tasks: set[str] = {BACKBONE_TASK}  # ids known to be registered: others never get a label
+        self.task_labels = TaskLabels(config.serving.task_series)
         self.in_flight = PixelsInFlight(config.limits.max_pixels_in_flight)
         self.admission = IngressAdmission()
         self._reporter = asyncio.get_running_loop().create_task(
@@ -133,19 +134,21 @@ class Ingress:
             self.metrics.shed.labels("client_gone").inc()
             raise
         except Exception as exc:
-            for label in {task if task in self.known_tasks else OTHER_TASK for task in task_ids}:
-                self.metrics.requests.labels(label).inc()
-                self.metrics.errors.labels(label, str(status_of(exc))).inc()
+            self.metrics.failed({self._label(t) if t in self.known_tasks else OTHER_TASK for t in task_ids},
+                                status_of(exc))
             reason = next((reason for kind, reason in SHED_REASON if isinstance(exc, kind)), None)
             if reason is not None:
                 self.metrics.shed.labels(reason).inc()
             raise
         elapsed = time.perf_counter() - began
-        for task_id in task_ids:
-            self.known_tasks.add(task_id)
-            self.metrics.requests.labels(task_id).inc()
-            self.metrics.latency.labels(task_id).observe(elapsed)
+        self.known_tasks.update(task_ids)
+        self.metrics.answered({self._label(t) for t in task_ids}, elapsed)
         return body, elapsed
+
+    def _label(self, task_id: str) -> str:
+        for dropped in self.task_labels.rerank():
+            self.metrics.forget(dropped)
+        return self.task_labels.label(task_id)
 
     async def _predict(self, task_id: str, request: Request, top_k: int | None, timeout_ms: int | None) -> dict:
         answers, queue_s = await self._answer(request, [task_id], top_k, timeout_ms)
@@ -267,6 +270,8 @@ class Ingress:
     async def delete_task(self, task_id: str, request: Request) -> JSONResponse:
         answer = await remove_task(task_id, request, self.admin_token, self.board.remove.remote)
         self.known_tasks.discard(task_id)
+        if self.task_labels.forget(task_id):
+            self.metrics.forget(task_id)
         return answer
 
     # --- training --------------------------------------------------------------------------

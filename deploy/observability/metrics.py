@@ -50,6 +50,27 @@ class RequestMetrics:
                                 "(503), past their deadline (504), or given up by their client.",
                                 "reason", SHED_REASONS, registry)
 
+    def answered(self, labels: set[str], elapsed_s: float) -> None:
+        for label in labels:
+            self.requests.labels(label).inc()
+            self.latency.labels(label).observe(elapsed_s)
+
+    def failed(self, labels: set[str], status: int) -> None:
+        for label in labels:
+            self.requests.labels(label).inc()
+            self.errors.labels(label, str(status)).inc()
+
+    def forget(self, task: str) -> None:
+        """Removes the task's series (it lost its label, or was removed)."""
+        codes = {s.labels["code"] for family in self.errors.collect() for s in family.samples
+                 if s.labels.get("task") == task}
+        for metric, labels in [(self.requests, (task,)), (self.latency, (task,))] + [
+                (self.errors, (task, code)) for code in codes]:
+            try:
+                metric.remove(*labels)
+            except KeyError:  # no request of it ended that way
+                pass
+
 
 class RegistrationMetrics:
     """Recorded where the task set changes (the task board), whichever way an upload came: the main
