@@ -90,8 +90,15 @@ class Client:
         return answer["tasks"]
 
     # --- tasks -------------------------------------------------------------------------------
-    def tasks(self) -> list[dict]:
-        return self._call("GET", "/v1/tasks")["tasks"]
+    def tasks(self, page_size: int = 1000) -> list[dict]:
+        """Every registered task in brief (the bare backbone first), read page by page."""
+        listed, after = [], None
+        while True:
+            page = self._call("GET", "/v1/tasks", query={"after": after, "limit": page_size})
+            listed += page["tasks"]
+            after = page["next"]
+            if after is None:
+                return listed
 
     def task(self, task: str) -> dict:
         return self._call("GET", f"/v1/tasks/{_quoted(task)}")

@@ -72,9 +72,12 @@ class TaskBoard:
             return ChangeReply(BackboneNotReadyError("no replica has loaded the backbone yet: retry in a few seconds"))
         try:
             published, generation = await self._commit(publish_adapter, self.store, backbone, task_id, data,
-                                                       self.config.runtime.max_adapter_bytes)
+                                                       self.config.runtime.max_adapter_bytes,
+                                                       announce_if=lambda published: published.changed)
         except (InvalidTaskIdError, AdapterFileError) as exc:  # the client's to fix
             return ChangeReply(exc)
+        # The live version's own bytes again change nothing: answered once the replicas are up to date.
+        generation = self.feed.generation if generation is None else generation
         summary = summarize(task_id, published.entry.version, published.adapter.header)
         reply = await self._spread(ChangeReply(created=published.created, generation=generation, task=summary))
         if not reply.pending:
@@ -91,15 +94,15 @@ class TaskBoard:
             return ChangeReply(UnknownTaskError(f"task {task_id!r} is not registered"))
         return await self._spread(ChangeReply(generation=generation))
 
-    async def _commit(self, change, *args):
-        """(what `change(*args)` returned, the generation announcing it): the store change runs in a thread
-        and is announced as soon as it is made, even if the caller has gone meanwhile. Serve cancels a
-        request whose HTTP client disconnected, and that cancels this call too: without the shield the
-        change would be on disk, but no replica would hear of it until the next one."""
+    async def _commit(self, change, *args, announce_if=lambda result: result is not None):
+        """(what `change(*args)` returned, the generation announcing it, or None if nothing changed): the store
+        change runs in a thread and is announced as soon as it is made, even if the caller has gone meanwhile.
+        Serve cancels a request whose HTTP client disconnected, and that cancels this call too: without the
+        shield the change would be on disk, but no replica would hear of it until the next one."""
 
         async def change_and_announce():
             result = await asyncio.to_thread(change, *args)
-            return result, (self.feed.announce() if result is not None else None)
+            return result, (self.feed.announce() if announce_if(result) else None)
 
         return await asyncio.shield(change_and_announce())
 

@@ -62,3 +62,8 @@ def summarize(task_id: str, version: int, header: AdapterHeader) -> dict:
         "backbone": {"name": header.backbone.name, "fingerprint": header.backbone.fingerprint},
         "provenance": header.provenance,
     }
+
+
+def brief(summary: dict) -> dict:
+    """A task as the listing shows it (GET /v1/tasks): the rest is on GET /v1/tasks/{id}."""
+    return {key: summary[key] for key in ("task_id", "version", "method", "num_classes")}

@@ -9,6 +9,7 @@ next change, see runtime/change_feed.py) and re-reading the store when the board
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from ..runtime.task_ids import BACKBONE_TASK
 from ..runtime.task_runtime import BatchOutcome, RowError, SyncReport, TaskRuntime
 from .admission import Admission
 from .config import ServeConfig
-from .messages import PredictItem, RowReply, summarize
+from .messages import PredictItem, RowReply, brief, summarize
 from .observability.metrics import BatchMetrics, exposition
 from .process import freeze_startup_heap
 
@@ -137,17 +138,29 @@ class TaskReplica:
         m.host_reloads.set(bank.host_reloads)
 
     # --- the task set ---------------------------------------------------------------------
-    async def describe(self, task_id: str | None = None) -> list[dict] | dict | None:
-        """Registered tasks as the store holds them now (read through, so never stale)."""
-        report = await asyncio.to_thread(self.runtime.sync)
-        self._record_sync(report)
-        tasks = self.runtime.tasks()
-        if task_id is None:
-            return [self._backbone_summary()] + [summarize(r.task_id, r.version, r.header) for _, r in sorted(tasks.items())]
+    async def describe(self, task_id: str) -> dict | None:
+        """A registered task as the store holds it now (read through, so never stale)."""
+        tasks = await self._synced_tasks()
         if task_id == BACKBONE_TASK:
             return self._backbone_summary()
         record = tasks.get(task_id)
         return summarize(record.task_id, record.version, record.header) if record else None
+
+    async def page(self, after: str | None, limit: int) -> dict:
+        """Up to `limit` registered tasks with ids after `after`, in id order, each in brief (the bare backbone
+        leads the first page), and `next`: the `after` of the next page, None on the last."""
+        tasks = await self._synced_tasks()
+        ids = sorted(tasks)
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        listed = ids[start : start + limit]
+        first = [brief(self._backbone_summary())] if after is None else []
+        return {"tasks": first + [brief(summarize(t, tasks[t].version, tasks[t].header)) for t in listed],
+                "next": listed[-1] if listed and start + limit < len(ids) else None}
+
+    async def _synced_tasks(self) -> dict:
+        report = await asyncio.to_thread(self.runtime.sync)
+        self._record_sync(report)
+        return self.runtime.tasks()
 
     def _backbone_summary(self) -> dict:
         info = self.runtime.info

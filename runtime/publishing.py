@@ -21,6 +21,7 @@ class Published:
     entry: StoreEntry  # the live version now
     adapter: AdapterFile
     created: bool  # the task had no version before
+    changed: bool  # False: the bytes of the live version again, nothing written
 
 
 def publish_adapter(store: AdapterStore, info: BackboneInfo, task_id: str, data: bytes,
@@ -30,4 +31,4 @@ def publish_adapter(store: AdapterStore, info: BackboneInfo, task_id: str, data:
     adapter = load_adapter(data, info.fingerprint, max_bytes)
     check_servable(adapter, info)
     previous, entry = store.publish_change(task_id, data)
-    return Published(entry, adapter, previous is None)
+    return Published(entry, adapter, previous is None, previous != entry)

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
@@ -32,6 +32,7 @@ app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
 add_error_handlers(app)
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
+DEFAULT_PAGE, MAX_PAGE = 1000, 10_000  # tasks per page of GET /v1/tasks
 ATTEMPTS = 4
 # What a request answered without a prediction counts as in `mosaserve_requests_shed_total`.
 SHED_REASON = ((ServiceBusyError, "queue_full"), (Overloaded, "queue_full"), (DeadlineExceededError, "deadline_passed"))
@@ -239,9 +240,11 @@ class Ingress:
 
     # --- tasks -----------------------------------------------------------------------------
     @app.get("/v1/tasks")
-    async def list_tasks(self) -> dict:
-        """Every registered task (and the bare backbone) with version, method, classes and backbone."""
-        return {"tasks": await self.replicas.describe.remote(None)}
+    async def list_tasks(self, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE), after: str | None = None) -> dict:
+        """Registered tasks in id order, `limit` a page (the bare backbone leads the first), each as task_id,
+        version, method and num_classes (the rest on GET /v1/tasks/{id}); `next` is the next page's `after`,
+        null on the last page."""
+        return await self.replicas.page.remote(after, limit)
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(self, task_id: str) -> dict:

@@ -186,14 +186,31 @@ def test_lora_tasks_are_served_beside_mosa_tasks(service):
     assert answer["predictions"][0]["top_k"][0] == {"label": label, "probability": pytest.approx(prob, abs=1e-4)}
 
 
-def test_listing_and_describing_tasks(service):
-    service.put("listed", service.adapter(seed=12, classes=2)[0])
-    tasks = {t["task_id"]: t for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
-    assert tasks["__backbone__"]["output"] == "embedding"
-    assert tasks["listed"]["labels"] == ["class0", "class1"]
-    assert tasks["listed"]["backbone"]["fingerprint"] == service.info.fingerprint
-    one = requests.get(f"{service.url}/v1/tasks/listed", timeout=30).json()
-    assert one == tasks["listed"]
+def test_listing_tasks_page_by_page_and_describing_one(service):
+    for i in range(5):
+        assert service.put(f"listed{i}", service.adapter(seed=12, classes=2)[0]).status_code in (200, 201)
+    url = f"{service.url}/v1/tasks"
+    first = requests.get(url, params={"limit": 2}, timeout=30).json()
+    assert first["tasks"][0] == {"task_id": "__backbone__", "version": None, "method": "none", "num_classes": 0}
+    pages, after = [first["tasks"][1:]], first["next"]
+    while after is not None:  # each page continues where the one before ended, in id order
+        page = requests.get(url, params={"limit": 2, "after": after}, timeout=30).json()
+        assert len(page["tasks"]) <= 2 and page["tasks"][0]["task_id"] > after
+        pages.append(page["tasks"])
+        after = page["next"]
+    paged = [t for page in pages for t in page]
+    whole = requests.get(url, timeout=30).json()
+    assert whole["next"] is None and paged == whole["tasks"][1:] == sorted(paged, key=lambda t: t["task_id"])
+    assert [t["task_id"] for t in paged if t["task_id"].startswith("listed")] == [f"listed{i}" for i in range(5)]
+    listed = next(t for t in paged if t["task_id"] == "listed0")
+    assert listed == {"task_id": "listed0", "version": 1, "method": "mosa", "num_classes": 2}
+    one = requests.get(f"{service.url}/v1/tasks/listed0", timeout=30).json()
+    assert one["labels"] == ["class0", "class1"] and one["backbone"]["fingerprint"] == service.info.fingerprint
+    assert {k: one[k] for k in listed} == listed
+    assert requests.get(url, params={"limit": 0}, timeout=30).status_code == 400
+    from mosaserve.client import Client
+
+    assert Client(service.url).tasks(page_size=2) == whole["tasks"]
 
 
 def test_both_replicas_serve_a_task_registered_after_start(service):
@@ -555,14 +572,17 @@ def test_mixed_batches_and_metrics_of_every_replica_on_one_endpoint(service):
 
 
 def test_restarted_application_serves_every_registered_task(service):
+    from ray import serve
+
     data, model = service.adapter(seed=51)
     assert service.put("durable", service.adapter(seed=50)[0]).status_code == 201
     assert service.put("durable", data).json()["task"]["version"] == 2
+    board = serve.get_deployment_handle("TaskBoard", APP)
+    generation = board.status.remote().result(timeout_s=30)["generation"]
     again = service.put("durable", data)  # a retry of the same upload: PUT is idempotent, no version 3
-    assert again.status_code == 200 and again.json()["task"]["version"] == 2
+    assert again.status_code == 200 and again.json()["task"]["version"] == 2 and again.json()["servable_everywhere"]
+    assert board.status.remote().result(timeout_s=30)["generation"] == generation  # nothing announced
     before = {t["task_id"]: t["version"] for t in requests.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]}
-    from ray import serve
-
     serve.delete(APP)
     deploy(service.config)
     wait_healthy(service.url, 2)
