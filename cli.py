@@ -77,6 +77,41 @@ def _register_all(args: argparse.Namespace, rows) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from .client import Client, ServiceError
+    from .deploy.config import ADMIN_TOKEN_ENV
+
+    files = sorted(Path(args.folder).glob("*.safetensors"))
+    if not files:
+        print(f"no *.safetensors files in {args.folder}", file=sys.stderr)
+        return 2
+    service, limit, done = Client(args.url, token=args.token or os.environ.get(ADMIN_TOKEN_ENV)), args.batch_mb << 20, 0
+    for batch in _batches(files, limit):
+        try:
+            answer = service.register_many({f.stem: f for f in batch})
+        except ServiceError as exc:
+            print(f"registration of {batch[0].stem} .. {batch[-1].stem} failed: {exc} "
+                  f"({done} of {len(files)} registered before)", file=sys.stderr)
+            return 1
+        done += len(batch)
+        changed = sum(t["changed"] for t in answer["tasks"])
+        print(f"{done}/{len(files)}: {changed} of {len(batch)} changed "
+              f"({'servable on every replica' if answer['servable_everywhere'] else 'still spreading'})")
+    return 0
+
+
+def _batches(files: list[Path], limit: int) -> list[list[Path]]:
+    """Files in order, grouped so that each group's bytes stay under `limit` (a larger file goes alone)."""
+    batches, size = [[]], 0
+    for file in files:
+        if batches[-1] and size + file.stat().st_size > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(file)
+        size += file.stat().st_size
+    return batches
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .adapters.errors import AdapterFileError
     from .adapters.file_format import load_adapter
@@ -301,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "pretrain-backbone --out file (default: the embedded backbone)")
     results.set_defaults(func=_results)
     _add_loadtest(sub)
+    register = sub.add_parser("register", help="register every <task_id>.safetensors file of a folder on a live "
+                              "service, many per request")
+    register.add_argument("folder")
+    register.add_argument("--url", default="http://127.0.0.1:8000", help="the main port, or the board's admin port")
+    register.add_argument("--token", help="admin token (default: MOSASERVE_ADMIN_TOKEN)")
+    register.add_argument("--batch-mb", type=int, default=64, help="adapter bytes per request (at most the "
+                          "service's max_bulk_upload_bytes)")
+    register.set_defaults(func=_register)
     inspect = sub.add_parser("inspect", help="validate an adapter file and print its header")
     inspect.add_argument("file")
     inspect.set_defaults(func=_inspect)

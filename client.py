@@ -15,13 +15,15 @@ changes nothing).
 from __future__ import annotations
 
 import base64
+import io
 import json
+import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 Image = Union[bytes, str, Path]  # encoded JPEG/PNG/WebP bytes, or the path of such a file
 
@@ -107,6 +109,18 @@ class Client:
         """Uploads an adapter file (its bytes or its path); answers the task and whether every replica serves it."""
         data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
         return self._call("PUT", f"/v1/tasks/{_quoted(task)}", (data, "application/octet-stream"), admin=True)
+
+    def register_many(self, adapters: Mapping[str, bytes | str | Path]) -> dict:
+        """Uploads many adapter files ({task id: bytes or path}) in one request: all validated before any is
+        published, then served together. Answers each task's version and whether it changed."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for task, adapter in adapters.items():
+                data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
+                member = tarfile.TarInfo(f"{task}.safetensors")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        return self._call("POST", "/v1/tasks", (archive.getvalue(), "application/x-tar"), admin=True)
 
     def remove(self, task: str) -> dict:
         return self._call("DELETE", f"/v1/tasks/{_quoted(task)}", admin=True)

@@ -23,7 +23,7 @@ from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError
 from ..runtime.change_feed import ChangeFeed
 from ..runtime.errors import BackboneNotReadyError, InvalidTaskIdError, UnknownTaskError
-from ..runtime.publishing import publish_adapter
+from ..runtime.publishing import publish_adapter, publish_adapters
 from ..runtime.store import AdapterStore
 from ..runtime.task_ids import validate_task_id
 from .config import ServeConfig
@@ -83,6 +83,23 @@ class TaskBoard:
         if not reply.pending:
             self.metrics.latency.observe(time.perf_counter() - began)
         return reply
+
+    async def register_many(self, files: dict[str, bytes]) -> ChangeReply:
+        """`register` for many tasks: every file validated before any is published, one store pass, one
+        announcement; answers once every replica serves them all."""
+        backbone = await self._served_backbone()
+        if backbone is None:
+            return ChangeReply(BackboneNotReadyError("no replica has loaded the backbone yet: retry in a few seconds"))
+        try:
+            published, generation = await self._commit(
+                publish_adapters, self.store, backbone, files, self.config.runtime.max_adapter_bytes,
+                announce_if=lambda published: any(p.changed for p in published.values()))
+        except (InvalidTaskIdError, AdapterFileError) as exc:
+            return ChangeReply(exc)
+        tasks = tuple({"task_id": task_id, "version": p.entry.version, "created": p.created, "changed": p.changed}
+                      for task_id, p in published.items())
+        return await self._spread(ChangeReply(generation=self.feed.generation if generation is None else generation,
+                                              tasks=tasks))
 
     async def remove(self, task_id: str) -> ChangeReply:
         try:

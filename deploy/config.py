@@ -76,10 +76,12 @@ class RequestLimits:
     default_top_k: int = setting(5, "labels a prediction lists when the request does not say")
     request_timeout_s: float = setting(10.0, "a prediction's deadline; a client's X-Request-Timeout-Ms may shorten "
                                              "it. Rows past it are dropped unbatched and answered 504")
+    max_bulk_upload_bytes: int = setting(256 * 1024 * 1024, "the largest body of POST /v1/tasks (a tar of adapter "
+                                                            "files registered together)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_request_bytes", "max_image_pixels", "max_images_per_request", "max_request_pixels",
-                  "max_pixels_in_flight", "default_top_k", "request_timeout_s")
+                  "max_pixels_in_flight", "default_top_k", "request_timeout_s", "max_bulk_upload_bytes")
         if self.max_pixels_in_flight < self.max_request_pixels:
             raise ServeConfigError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
                                    f"max_request_pixels ({self.max_request_pixels}), or no such request could pass")

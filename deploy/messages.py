@@ -46,6 +46,7 @@ class ChangeReply:
     created: bool = False  # a new task, not a new version of one
     generation: int | None = None  # what every replica must reach to serve the change
     task: dict | None = None
+    tasks: tuple[dict, ...] = ()  # a bulk registration's: task_id, version, created, changed
     replicas: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
 

@@ -160,19 +160,32 @@ class AdapterStore:
         """(the entry before, the live entry after). The same bytes as the live version change nothing
         and return its entry: sending a file again (a client's retry after a lost answer, a training
         job resumed after its publish) never makes a new version."""
-        validate_task_id(task_id)
+        return self.publish_changes({task_id: data})[task_id]
+
+    def publish_changes(self, files: dict[str, bytes]) -> dict[str, tuple[StoreEntry | None, StoreEntry]]:
+        """`publish_change` for many tasks in one pass under one manifest write: all of them or, after a
+        crash, none."""
+        for task_id in files:
+            validate_task_id(task_id)
         with self._writing():
-            previous = self._entries.get(task_id)
-            if previous is not None and self._holds(previous, data):
-                return previous, previous
-            version = max(previous.version if previous else 0, self._retired.get(task_id, 0)) + 1
-            entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
-            write_atomically(self.root / entry.file, data)
-            retired = {t: v for t, v in self._retired.items() if t != task_id}
-            self._write_manifest({**self._entries, task_id: entry}, retired)  # the commit point
-            if previous is not None:
-                self.path_of(previous).unlink(missing_ok=True)
-            return previous, entry
+            changes = {}
+            for task_id, data in files.items():
+                previous = self._entries.get(task_id)
+                if previous is not None and self._holds(previous, data):
+                    changes[task_id] = previous, previous
+                    continue
+                version = max(previous.version if previous else 0, self._retired.get(task_id, 0)) + 1
+                entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
+                write_atomically(self.root / entry.file, data)
+                changes[task_id] = previous, entry
+            new = {task_id: entry for task_id, (previous, entry) in changes.items() if previous != entry}
+            if new:
+                retired = {t: v for t, v in self._retired.items() if t not in new}
+                self._write_manifest({**self._entries, **new}, retired)  # the commit point
+            for previous, entry in changes.values():
+                if previous is not None and previous != entry:
+                    self.path_of(previous).unlink(missing_ok=True)
+            return changes
 
     def _holds(self, entry: StoreEntry, data: bytes) -> bool:
         path = self.path_of(entry)

@@ -1,4 +1,5 @@
-"""Registering and removing tasks (PUT / DELETE /v1/tasks/{task_id}), and the task board's own admin port.
+"""Registering and removing tasks (PUT / DELETE /v1/tasks/{task_id}, POST /v1/tasks for many at once), and the
+task board's own admin port.
 
 Both ports take these routes with the same token, limits and answers: the main port's ingress hands
 the change to the task board, the admin port is served by the board itself. An upload sent to the
@@ -22,6 +23,7 @@ from ... import __version__
 from ...runtime.task_ids import validate_task_id
 from ..config import ServeConfig
 from ..messages import ChangeReply
+from .bulk_upload import adapter_files
 from .errors import EmptyUpload, add_error_handlers
 from .requests import read_limited, require_admin
 
@@ -38,6 +40,18 @@ async def register_task(task_id: str, request: Request, config: ServeConfig, adm
         raise EmptyUpload("empty body: upload the adapter file (.safetensors) as the request body")
     reply = await register(task_id, data)
     return answer_change(reply, began, {"task": reply.task, "created": reply.created})
+
+
+async def register_tasks(request: Request, config: ServeConfig, admin_token: str | None,
+                         register_many: Callable[[dict[str, bytes]], Awaitable[ChangeReply]]) -> JSONResponse:
+    """The body is a tar of <task_id>.safetensors files; `register_many` is the board's: it validates every
+    file before it publishes any, publishes them in one store pass and announces them once."""
+    require_admin(request.headers.get("authorization"), admin_token)
+    began = time.perf_counter()
+    raw = await read_limited(request.stream(), request.headers.get("content-length"),
+                             config.limits.max_bulk_upload_bytes, "bulk upload")
+    reply = await register_many(adapter_files(raw, config.runtime.max_adapter_bytes))
+    return answer_change(reply, began, {"tasks": list(reply.tasks)})
 
 
 async def remove_task(task_id: str, request: Request, admin_token: str | None,
@@ -74,6 +88,11 @@ def admin_api(board, config: ServeConfig) -> FastAPI:
     @api.delete("/v1/tasks/{task_id}")
     async def delete_task(task_id: str, request: Request) -> JSONResponse:
         return await remove_task(task_id, request, token, board.remove)
+
+    @api.post("/v1/tasks")
+    async def post_tasks(request: Request) -> JSONResponse:
+        """Register or replace many tasks at once: the body is a tar of <task_id>.safetensors files. Admin."""
+        return await register_tasks(request, config, token, board.register_many)
 
     return api
 

@@ -23,7 +23,7 @@ from ..observability.push import report_metrics_forever
 from ..observability.task_labels import OTHER_TASK, TaskLabels
 from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
-from .admin import register_task, remove_task
+from .admin import register_task, register_tasks, remove_task
 from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
 from .open_inference import HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
 from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
@@ -268,6 +268,12 @@ class Ingress:
         answer = await register_task(task_id, request, self.config, self.admin_token, self.board.register.remote)
         self.known_tasks.add(task_id)
         return answer
+
+    @app.post("/v1/tasks")
+    async def post_tasks(self, request: Request) -> JSONResponse:
+        """Register or replace many tasks at once: the body is a tar archive of <task_id>.safetensors files,
+        all validated before any is published. Answers each task's version and whether it changed. Admin."""
+        return await register_tasks(request, self.config, self.admin_token, self.board.register_many.remote)
 
     @app.delete("/v1/tasks/{task_id}")
     async def delete_task(self, task_id: str, request: Request) -> JSONResponse:

@@ -484,6 +484,44 @@ def test_error_codes_for_bad_requests(service):
     assert service.predict("__backbone__", png()).status_code == 200  # still serving
 
 
+def test_many_tasks_registered_in_one_request_on_either_port_and_by_the_cli(service, tmp_path):
+    from ray import serve
+
+    from mosaserve import client as c
+    from mosaserve.cli import main
+
+    files = {f"bulk{i}": service.adapter(seed=60 + i, classes=2)[0] for i in range(6)}
+    admin = c.Client(service.url, token=TOKEN)
+    answer = admin.register_many(dict(list(files.items())[:3]))
+    assert answer["servable_everywhere"] and answer["replicas"] == 2
+    assert answer["tasks"] == [{"task_id": f"bulk{i}", "version": 1, "created": True, "changed": True} for i in range(3)]
+    assert {f"bulk{i}" for i in range(3)} <= {t["task_id"] for t in admin.tasks()}
+    assert service.predict("bulk2", png()).json()["version"] == 1
+
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    for task_id, data in files.items():
+        (folder / f"{task_id}.safetensors").write_bytes(data)
+    board = serve.get_deployment_handle("TaskBoard", APP)
+    admin_url = requests.get(f"{service.url}/healthz", timeout=30).json()["admin_url"]
+    assert main(["register", str(folder), "--url", admin_url, "--token", TOKEN, "--batch-mb", "1"]) == 0
+    versions = {t["task_id"]: t["version"] for t in admin.tasks() if t["task_id"].startswith("bulk")}
+    assert versions == {task_id: 1 for task_id in files}  # the first three again: unchanged, no new version
+    generation = board.status.remote().result(timeout_s=30)["generation"]
+    again = admin.register_many(files)
+    assert not any(t["changed"] for t in again["tasks"]) and again["servable_everywhere"]
+    assert board.status.remote().result(timeout_s=30)["generation"] == generation  # nothing announced
+
+    with pytest.raises(c.InvalidAdapterError, match="task 'bulk-broken'"):
+        admin.register_many({"bulk-new": files["bulk0"], "bulk-broken": b"not an adapter"})
+    assert "bulk-new" not in {t["task_id"] for t in admin.tasks()}  # none of the request was published
+    with pytest.raises(c.UnauthorizedError):
+        c.Client(service.url, token="wrong").register_many(files)
+    refused = requests.post(f"{service.url}/v1/tasks", data=b"not a tar" * 100, timeout=30,
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+    assert refused.status_code == 400 and "tar" in refused.json()["error"]
+
+
 def test_the_board_s_admin_port_changes_tasks_as_the_main_port_does(service):
     admin = requests.get(f"{service.url}/healthz", timeout=30).json()["admin_url"]
     assert admin.startswith("http://127.0.0.1:") and admin != service.url  # admin_port 0: a free port, named here

@@ -66,6 +66,25 @@ def test_a_publish_killed_at_any_step_leaves_every_acknowledged_version(tmp_path
     assert files == sorted(e.file for e in entries.values())  # no stray, no half-written file remains
 
 
+# A bulk publish of a's next version and a new task c: both files, then one manifest (its rename, step 8,
+# commits both), then the replaced version of a is deleted.
+BULK_STEPS = 10
+BULK_CHILD = CHILD.replace('store.publish("a", b"a-two")', 'store.publish_changes({"a": b"a-two", "c": b"c-one"})')
+
+
+@pytest.mark.parametrize("crash_at", range(1, BULK_STEPS + 2))
+def test_a_bulk_publish_killed_at_any_step_commits_every_task_or_none(tmp_path, crash_at):
+    child = subprocess.run([sys.executable, "-c", BULK_CHILD, str(tmp_path), str(crash_at)], capture_output=True,
+                           text=True, timeout=60)
+    assert child.returncode == (137 if crash_at <= BULK_STEPS else 0), child.stderr
+    entries = AdapterStore(tmp_path).entries()
+    if crash_at > 8:
+        assert {t: e.version for t, e in entries.items()} == {"a": 2, "b": 1, "c": 1}
+    else:
+        assert {t: e.version for t, e in entries.items()} == {"a": 1, "b": 1}
+    assert AdapterStore(tmp_path).path_of(entries["a"]).read_bytes() == (b"a-two" if crash_at > 8 else b"a-one")
+
+
 def test_a_torn_manifest_is_rebuilt_from_the_files_and_every_task_served_again(tiny_backbone, tiny_spec, tmp_path):
     backbone, info = tiny_backbone
     config = RuntimeConfig(backbone=tiny_spec, store_dir=str(tmp_path))
