@@ -144,11 +144,7 @@ def load_adapter(
     if METADATA_KEY not in metadata:
         raise AdapterFileError(f"not a mosaserve adapter: the safetensors metadata has no {METADATA_KEY!r} entry")
     header, digest = parse_header(metadata[METADATA_KEY])
-    if expected_fingerprint is not None and header.backbone.fingerprint != expected_fingerprint:
-        raise BackboneMismatchError(
-            f"adapter was trained on backbone {header.backbone.name} with weights fingerprint "
-            f"{header.backbone.fingerprint[:16]}..., but the loaded backbone's is {expected_fingerprint[:16]}..."
-        )
+    _check_fingerprint(header, expected_fingerprint)
     try:
         tensors = safetensors_load(data)
     except Exception as exc:  # noqa: BLE001 - the Rust reader's errors are all "corrupt file"
@@ -157,6 +153,49 @@ def load_adapter(
     if content_digest(tensors) != digest:
         raise AdapterFileError("tensor content does not match the recorded sha256: the file was modified or damaged")
     return AdapterFile(header, tensors)
+
+
+def read_header(path: str | os.PathLike, expected_fingerprint: str, max_bytes: int = DEFAULT_MAX_BYTES) -> AdapterHeader:
+    """A stored adapter file's header, reading its first bytes only; its tensors are validated when loaded.
+    A file shorter than its header says (cut off) is refused here."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            start = file.read(8)
+            header_len = struct.unpack("<Q", start)[0] if len(start) == 8 else 0
+            start += file.read(min(header_len, MAX_HEADER_BYTES))
+    except OSError as exc:
+        raise AdapterFileError(f"cannot read adapter file {str(path)!r}: {exc.strerror}") from exc
+    if size > max_bytes:
+        raise AdapterFileError(f"adapter file is {size} bytes, over the limit of {max_bytes}")
+    metadata = _read_safetensors_metadata(start)
+    described = 8 + header_len + _data_bytes(json.loads(start[8:]))
+    if size != described:
+        raise AdapterFileError(f"adapter file {str(path)!r} is {size} bytes, not the {described} its header "
+                               "describes: cut off or padded")
+    if METADATA_KEY not in metadata:
+        raise AdapterFileError(f"not a mosaserve adapter: the safetensors metadata has no {METADATA_KEY!r} entry")
+    header = parse_header(metadata[METADATA_KEY])[0]
+    _check_fingerprint(header, expected_fingerprint)
+    return header
+
+
+def _data_bytes(safetensors_header: dict) -> int:
+    """Where the tensor data ends, by the safetensors header's offsets."""
+    try:
+        return max((int(entry["data_offsets"][1]) for key, entry in safetensors_header.items()
+                    if key != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise AdapterFileError(f"not a safetensors file: malformed tensor entry ({exc!r})") from exc
+
+
+def _check_fingerprint(header: AdapterHeader, expected: str | None) -> None:
+    if expected is not None and header.backbone.fingerprint != expected:
+        raise BackboneMismatchError(
+            f"adapter was trained on backbone {header.backbone.name} with weights fingerprint "
+            f"{header.backbone.fingerprint[:16]}..., but the loaded backbone's is {expected[:16]}..."
+        )
 
 
 def _read_bytes(source: Source, max_bytes: int) -> bytes:

@@ -7,7 +7,9 @@ and a swap never fails a request already planned.
 Two tiers, each least-recently-used: up to `max_resident` adapters on the serving device, and up to
 `max_host` in host memory (None: all of them; the merged adapter of ViT-B at r=16 is about 0.3M
 parameters, so 10,000 tasks fit). A task registered from a stored file may leave host memory and
-is read back from that file (validated again) when a batch next needs it.
+is read back from that file (validated again) when a batch next needs it. On a CPU device the two
+tiers are the same memory, so a stored task's resident form is its only copy. Tasks restored from
+the store are known by their headers until first used.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .task_ids import validate_task_id
 class HostCopy:
     """A version's tensors in host memory; the host LRU may drop them when the stored file can restore them."""
 
-    def __init__(self, tensors: dict[str, Tensor], source: Path | None) -> None:
+    def __init__(self, tensors: dict[str, Tensor] | None, source: Path | None) -> None:
         self.tensors: dict[str, Tensor] | None = tensors
         self.source = source
 
@@ -46,14 +48,14 @@ class TaskRecord:
     host: HostCopy
 
 
-def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
+def check_servable(header: AdapterHeader, info: BackboneInfo) -> None:
     """Raises unless the adapter runs on this backbone and in mixed batches."""
-    if adapter.header.backbone.fingerprint != info.fingerprint:
+    if header.backbone.fingerprint != info.fingerprint:
         raise BackboneMismatchError(
-            f"adapter was trained on another backbone (fingerprint {adapter.header.backbone.fingerprint[:16]}..., "
+            f"adapter was trained on another backbone (fingerprint {header.backbone.fingerprint[:16]}..., "
             f"serving {info.fingerprint[:16]}...)"
         )
-    claimed = adapter.header.backbone
+    claimed = header.backbone
     if (claimed.depth, claimed.num_features) != (info.depth, info.num_features):
         # The file's tensor shapes follow its header; a header that misdescribes the backbone would
         # pass file validation and only fail at inference.
@@ -61,12 +63,12 @@ def check_servable(adapter: AdapterFile, info: BackboneInfo) -> None:
             f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
             f"but the served backbone has {info.depth} x {info.num_features}"
         )
-    if adapter.header.adapter.head == "tokens" and claimed.num_patches != info.num_patches:
+    if header.adapter.head == "tokens" and claimed.num_patches != info.num_patches:
         raise BackboneMismatchError(
             f"adapter head reads {claimed.num_patches} patch tokens, but the served backbone has {info.num_patches}"
         )
-    if adapter.header.adapter.kind not in SERVING_FORMS:
-        raise AdapterFileError(f"adapter kind {adapter.header.adapter.kind.value!r} is not servable in mixed batches")
+    if header.adapter.kind not in SERVING_FORMS:
+        raise AdapterFileError(f"adapter kind {header.adapter.kind.value!r} is not servable in mixed batches")
 
 
 class AdapterBank:
@@ -87,13 +89,21 @@ class AdapterBank:
         self.evictions = 0
 
     def register(self, task_id: str, adapter: AdapterFile, version: int, source: Path | None = None) -> TaskRecord:
-        validate_task_id(task_id)
-        check_servable(adapter, self.info)
-        record = TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source))
-        with self._write_lock:
-            self._tasks = MappingProxyType({**self._tasks, task_id: record})
-        self._evict_task(task_id)
+        record = self._publish(TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source)))
         self._touch_host(record)
+        return record
+
+    def register_stored(self, task_id: str, header: AdapterHeader, version: int, source: Path) -> TaskRecord:
+        """A stored version known by its header alone: its tensors are read (and validated) on first use, so a
+        replica restoring many tasks is ready once it has read their headers."""
+        return self._publish(TaskRecord(task_id, version, header, HostCopy(None, source)))
+
+    def _publish(self, record: TaskRecord) -> TaskRecord:
+        validate_task_id(record.task_id)
+        check_servable(record.header, self.info)
+        with self._write_lock:
+            self._tasks = MappingProxyType({**self._tasks, record.task_id: record})
+        self._evict_task(record.task_id)
         return record
 
     def remove(self, task_id: str) -> bool:
@@ -157,6 +167,8 @@ class AdapterBank:
                 return found
         adapter = make_resident(record.task_id, record.version, self._host_tensors(record), record.header.adapter,
                                 self.info.depth, self.device, self.dtype)
+        if self.device.type == "cpu" and record.host.source is not None:
+            record.host.tensors = None  # on a CPU the resident form is in host memory already: keep one copy
         with self._resident_lock:
             if not self._is_current(record):
                 return adapter  # for the batch in flight that asked, not cached

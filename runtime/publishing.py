@@ -47,7 +47,7 @@ def _validated(task_id: str, data: bytes, info: BackboneInfo, max_bytes: int, na
     try:
         validate_task_id(task_id)
         adapter = load_adapter(data, info.fingerprint, max_bytes)
-        check_servable(adapter, info)
+        check_servable(adapter.header, info)
     except (InvalidTaskIdError, AdapterFileError) as exc:
         if named:
             exc.args = (f"task {task_id!r}: {exc}",)

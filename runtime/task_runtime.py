@@ -1,8 +1,9 @@
 """The serving core without any server: backbone + bank + store + executor + preprocessing.
 
 Registration: validate against the loaded backbone -> publish to the store (atomic, durable) ->
-make it visible in the bank. On start every task in the store is registered again, so nothing
-acknowledged is lost by a restart.
+make it visible in the bank. On start every task in the store is registered again by its header
+(its tensors load on first use), so nothing acknowledged is lost by a restart and the restart's
+time does not grow with the files' bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.embedded import EMBEDDED_BACKBONE
-from ..adapters.file_format import DEFAULT_MAX_BYTES, load_adapter
+from ..adapters.file_format import DEFAULT_MAX_BYTES, read_header
 from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
@@ -105,8 +106,9 @@ class TaskRuntime:
                     continue
                 began = time.perf_counter()
                 try:
-                    adapter = load_adapter(self.store.path_of(entry), self.info.fingerprint, self.config.max_adapter_bytes)
-                    self.bank.register(task_id, adapter, entry.version, self.store.path_of(entry))
+                    path = self.store.path_of(entry)
+                    header = read_header(path, self.info.fingerprint, self.config.max_adapter_bytes)
+                    self.bank.register_stored(task_id, header, entry.version, path)
                 except (OSError, AdapterFileError) as exc:  # replaced meanwhile, or damaged on disk
                     log.error("could not load task %s v%d from the store: %s", task_id, entry.version, exc)
                     report.failed.append((task_id, str(exc)))

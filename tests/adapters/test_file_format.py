@@ -11,7 +11,7 @@ from safetensors.torch import save as safetensors_save
 from mosaserve.adapters.config import KIND_OF_METHOD, METHODS, AdapterConfig, AdapterKind
 from mosaserve.adapters.errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 from mosaserve.adapters.file_format import (
-    METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter, save_adapter,
+    METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter, read_header, save_adapter,
 )
 from mosaserve.adapters.loading import build_adapted_model
 from mosaserve.adapters.model import AdaptedViT
@@ -79,6 +79,23 @@ def test_loading_from_bytes_equals_loading_from_path(tiny_backbone, tmp_path):
     path = save_adapter(tmp_path / "a.safetensors", header, tensors)
     a, b = load_adapter(path), load_adapter(path.read_bytes())
     assert a.header == b.header and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_the_header_alone_is_read_from_a_stored_file_and_a_cut_or_padded_file_refused(tiny_backbone, tmp_path):
+    header, tensors = header_and_tensors(tiny_backbone)
+    path = save_adapter(tmp_path / "a.safetensors", header, tensors)
+    fingerprint = tiny_backbone[1].fingerprint
+    assert read_header(path, fingerprint) == header
+    with pytest.raises(BackboneMismatchError, match="fingerprint"):
+        read_header(path, "0" * 64)
+    whole = path.read_bytes()
+    for damaged in (whole[:-1], whole + b"\0", whole[:6]):
+        path.write_bytes(damaged)
+        with pytest.raises(AdapterFileError):
+            read_header(path, fingerprint)
+    path.write_bytes(craft({"x": 1}, {"w": torch.zeros(2)}).replace(b'"data_offsets":[0,8]', b'"data_offsets":"no8"'))
+    with pytest.raises(AdapterFileError, match="malformed tensor entry"):
+        read_header(path, fingerprint)
 
 
 def test_tampered_tensor_bytes_are_detected(tiny_backbone):

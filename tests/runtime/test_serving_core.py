@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from mosaserve.adapters.backbone import save_backbone
+from mosaserve.adapters.errors import AdapterFileError
 from mosaserve.runtime.errors import UnknownTaskError
 from mosaserve.deploy.observability.metrics import BatchMetrics, RequestMetrics, exposition, merge_expositions
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
@@ -52,6 +53,31 @@ def test_a_damaged_stored_file_is_reported_and_the_other_tasks_still_load(shared
     assert report.failed[0][0] == "a" and "a" not in second.tasks()
     restarted = TaskRuntime(first.config)  # a restart reports it too, and serves the rest
     assert [t for t, _ in restarted.restored.failed] == ["a"] and list(restarted.tasks()) == ["b"]
+
+
+def test_a_restart_reads_headers_only_and_each_task_s_tensors_on_its_first_use(shared_store):
+    first, _, backbone, info = shared_store
+    models = {t: random_model(copy.deepcopy(backbone), seed=seed, classes=4) for t, seed in (("a", 6), ("b", 7))}
+    for task_id, model in models.items():
+        first.register(task_id, adapter_bytes(model, info))
+    image = torch.full((3, 20, 20), 70, dtype=torch.uint8)
+    served = first.serve_batch([image, image], ["a", "b"], [4, 4]).answers[0]
+    assert first.bank.host_count() == 0  # on a CPU the resident form is the only copy of a stored task
+    restarted = TaskRuntime(first.config)
+    assert sorted(restarted.tasks()) == ["a", "b"] and restarted.bank.host_count() == 0
+    assert restarted.bank.resident_count() == 0  # nothing loaded yet
+    again = restarted.serve_batch([image], ["a"], [4]).answers[0]
+    assert again.top == served.top and restarted.bank.resident_count() == 1
+
+    path = first.store.path_of(first.store.entries()["b"])
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the tensor data: the header reads, the content hash does not match
+    path.write_bytes(bytes(data))
+    damaged = TaskRuntime(first.config)
+    assert sorted(damaged.tasks()) == ["a", "b"]  # known by its header...
+    with pytest.raises(AdapterFileError, match="sha256"):
+        damaged.serve_batch([image], ["b"], [4])  # ...and refused, naming why, when first served
+    assert damaged.serve_batch([image], ["a"], [4]).answers[0].top == served.top
 
 
 def test_served_batch_answers_unknown_rows_alone_and_splits_compute_time(shared_store):
