@@ -236,6 +236,16 @@ def _loadtest_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest_scale(args: argparse.Namespace) -> int:
+    from .loadtests.scale import ScaleSpec, format_scale, run_scale
+
+    spec = ScaleSpec(tasks=args.tasks, resident=args.resident, files_per_upload=args.files_per_upload,
+                     duration_s=args.duration, concurrency=args.concurrency, port=args.port)
+    print(format_scale(run_scale(spec, Path(args.out))))
+    print(f"\nwritten: {Path(args.out) / 'scale.json'} and scale.md")
+    return 0
+
+
 def _add_loadtest(sub) -> None:
     from .loadtests.command import add_run_arguments
 
@@ -262,6 +272,16 @@ def _add_loadtest(sub) -> None:
     compare.add_argument("--port", type=int, default=8123)
     compare.add_argument("--out", default="out/loadtest/compare")
     compare.set_defaults(func=_loadtest_compare)
+    scale = kinds.add_parser("scale", help="one replica serving --tasks tasks: registration, memory, listing, "
+                             "/metrics, restart, and a Zipf load with a small device residency")
+    scale.add_argument("--tasks", type=int, default=10_000)
+    scale.add_argument("--resident", type=int, default=256, help="adapters on the device in the second Zipf load")
+    scale.add_argument("--files-per-upload", type=int, default=500)
+    scale.add_argument("--duration", type=float, default=20.0, help="measured seconds of each Zipf load")
+    scale.add_argument("--concurrency", type=int, default=16)
+    scale.add_argument("--port", type=int, default=8124)
+    scale.add_argument("--out", default="out/loadtest/scale")
+    scale.set_defaults(func=_loadtest_scale)
 
 
 def build_parser() -> argparse.ArgumentParser:

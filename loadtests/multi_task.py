@@ -8,11 +8,8 @@ image is done when every task's answer is in. Reported: images per second, p50 /
 from __future__ import annotations
 
 import asyncio
-import time
 
-import aiohttp
-
-from .report import percentile
+from .closed_loop import closed_loop
 
 WAYS = ("one request", "a request per task")
 
@@ -30,32 +27,13 @@ async def _answer_image(session, url: str, tasks: list[str], image: bytes, heade
     return all(await asyncio.gather(*(ok(call) for call in calls)))
 
 
-async def _closed_loop(url: str, tasks: list[str], image: bytes, content_type: str, together: bool,
-                       duration_s: float, concurrency: int) -> dict:
-    latencies, failures, headers = [], 0, {"Content-Type": content_type}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        began = time.monotonic()
-
-        async def worker() -> None:
-            nonlocal failures
-            while time.monotonic() - began < duration_s:
-                start = time.monotonic()
-                try:
-                    answered = await _answer_image(session, url, tasks, image, headers, together)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    answered = False
-                if answered:
-                    latencies.append(time.monotonic() - start)
-                else:
-                    failures += 1
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.monotonic() - began
-    return {"images_per_s": round(len(latencies) / wall, 2), "p50_ms": _ms(percentile(latencies, 50)),
-            "p99_ms": _ms(percentile(latencies, 99)), "images": len(latencies), "failed": failures}
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
+async def _load(url: str, tasks: list[str], image: bytes, content_type: str, together: bool, duration_s: float,
+                concurrency: int) -> dict:
+    headers = {"Content-Type": content_type}
+    done = await closed_loop(lambda session, _: _answer_image(session, url, tasks, image, headers, together),
+                             concurrency, duration_s=duration_s)
+    return {"images_per_s": done["per_s"], "p50_ms": done["p50_ms"], "p99_ms": done["p99_ms"],
+            "images": done["answered"], "failed": done["failed"]}
 
 
 def compare_multi_task(url: str, tasks: list[str], image: bytes, content_type: str, duration_s: float,
@@ -64,7 +42,7 @@ def compare_multi_task(url: str, tasks: list[str], image: bytes, content_type: s
     levels = {}
     for count in sorted({min(c, len(tasks)) for c in counts}):
         named = tasks[:count]
-        ways = {way: asyncio.run(_closed_loop(url.rstrip("/"), named, image, content_type, way == WAYS[0],
+        ways = {way: asyncio.run(_load(url.rstrip("/"), named, image, content_type, way == WAYS[0],
                                               duration_s, concurrency)) for way in WAYS}
         fan_out = ways[WAYS[1]]["images_per_s"]
         levels[f"{count} tasks"] = {"ways": ways, "speedup": round(ways[WAYS[0]]["images_per_s"] / fan_out, 3)

@@ -13,8 +13,6 @@ Every system's capacity is the highest swept rate whose p99 meets the SLO with n
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 from ..adapters.backbone import BackboneSpec, load_backbone
 from ..adapters.file_format import encode_adapter
 from .inputs import noise_png
-from .metrics_sampler import resident_memory
+from .local_service import deploy_and_wait, local_serve, serving_memory_mib
 from .mixes import make_mix
 from .report import format_rows
 from .runner import Target
@@ -34,7 +32,6 @@ from ..runtime.store import AdapterStore
 from ..deploy.app import build_app
 from ..deploy.config import ServeConfig
 from .per_task_models import per_task_models_app
-from ..deploy.process import init_ray
 
 APP = "side-by-side"
 TOKEN = "side-by-side-admin"
@@ -74,18 +71,8 @@ class CompareSpec:
 
 def run_compare(spec: CompareSpec, out_dir: Path) -> dict:
     """Starts a local Ray cluster for the run and stops it after."""
-    import ray
-    from ray import serve
-
-    with tempfile.TemporaryDirectory(prefix="mosaserve-compare-") as tmp:
-        init_ray(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 _temp_dir=str(Path(tmp) / "ray"))
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": spec.port})
-            return compare_on_cluster(spec, f"http://127.0.0.1:{spec.port}", Path(tmp), out_dir)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    with local_serve(spec.port, "mosaserve-compare-") as (url, work_dir):
+        return compare_on_cluster(spec, url, work_dir, out_dir)
 
 
 def compare_on_cluster(spec: CompareSpec, url: str, work_dir: Path, out_dir: Path) -> dict:
@@ -129,12 +116,12 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
     runs: dict[str, dict] = {}
     _deploy(build_app(config), url)
     runs["mosaserve, bare backbone"] = dict(_sweep(spec, Target(url), "backbone", [], image, out_dir / "backbone"),
-                                            serving_rss_mib=_serving_memory_mib(url))
+                                            serving_rss_mib=serving_memory_mib(url))
     for count in spec.task_counts:
         for mix in spec.mixes:
             runs[f"mosaserve, {count} tasks, {mix}"] = dict(
                 _sweep(spec, Target(url), mix, tasks[:count], image, out_dir / f"mosaserve-{count}-{mix}"),
-                tasks=count, mix=mix, serving_rss_mib=_serving_memory_mib(url))
+                tasks=count, mix=mix, serving_rss_mib=serving_memory_mib(url))
     storms, upload_costs = {}, {}
     for route, target in _upload_routes(url).items():  # the main port, then the task board's admin port
         storms[route] = _registration_storm(spec, target, tasks, uploads, image, runs, out_dir / f"registrations-{route}")
@@ -150,7 +137,7 @@ def _measure_all(spec: CompareSpec, config: ServeConfig, tasks: list[str], uploa
                 runs[f"per-task models ({held} per replica), {count} tasks, {mix}"] = dict(
                     _sweep(spec, Target(url, send_model_id=True), mix, tasks[:count], image,
                            out_dir / f"per-task-{held}-{count}-{mix}"), tasks=count, mix=mix, baseline=True,
-                    serving_rss_mib=_serving_memory_mib(url))
+                    serving_rss_mib=serving_memory_mib(url))
         # After the sweeps: a baseline that holds every model has them all loaded by then, as in steady state.
         prediction_cost[f"per-task models ({held} per replica)"] = _prediction_cost(
             spec, Target(url, send_model_id=True), tasks, image)
@@ -171,20 +158,8 @@ def _prediction_cost(spec: CompareSpec, target: Target, tasks: list[str], image:
     return dict(cost, tasks=count)
 
 
-def _deploy(app, url: str, path: str = "/healthz", timeout_s: float = 300.0) -> None:
-    from ray import serve
-
-    serve.run(app, name=APP, route_prefix="/")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + path, timeout=10) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}{path} did not answer within {timeout_s} s")
+def _deploy(app, url: str, path: str = "/healthz") -> None:
+    deploy_and_wait(app, APP, url, path)
 
 
 def _sweep(spec: CompareSpec, target: Target, mix: str, tasks: list[str], image: bytes, out: Path) -> dict:
@@ -195,13 +170,6 @@ def _sweep(spec: CompareSpec, target: Target, mix: str, tasks: list[str], image:
     at_best = doc["runs"][f"{best:g}"]["overall"] if best else None
     return {"max_rate_within_slo": best, "goodput_at_slo_rps": doc["goodput_at_slo_rps"], "at_max_rate": at_best,
             "report": str(out / "report.json")}
-
-
-def _serving_memory_mib(url: str) -> float:
-    """Resident memory of the serving replicas (mosaserve's ingress, board and sidecar left out)."""
-    memory = resident_memory(url)
-    serving = [v for name, v in memory.items() if name.startswith("replica-") or name == "service"]
-    return round(sum(serving) / 2**20, 1)
 
 
 def _registration_storm(spec, target: Target, tasks, uploads, image, runs, out: Path) -> dict:
