@@ -37,6 +37,12 @@ class DeadlineExceededError(TimeoutError):
 
 
 class ServiceBusyError(RuntimeError):
-    """A replica holds more rows than it can serve before this request's deadline: refused at once."""
+    """The service cannot serve this request in time now (its queues, or the pixels in flight, are full; no
+    replica answers): refused at once, to be retried after `retry_after_s`."""
 
     retry_after_s = 1  # the queue a full replica holds drains in about this long
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s

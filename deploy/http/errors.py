@@ -52,10 +52,6 @@ class EmptyUpload(RequestError):
     """A registration without an adapter file."""
 
 
-class Overloaded(RequestError):
-    """The service is full for now; the client should retry after Retry-After."""
-
-
 # The one table: an error's status is that of the first of its classes (most specific first) listed here.
 STATUS: dict[type, int] = {
     BadRequest: 400, InvalidTaskIdError: 400, TrainRequestError: 400, ImageTooLargeError: 413, BadImageError: 400,
@@ -65,7 +61,7 @@ STATUS: dict[type, int] = {
     TooLarge: 413,
     EmptyUpload: 422, AdapterFileError: 422,
     NonFiniteOutputError: 500, InferenceFailedError: 500,  # a task's adapter, or the service, is at fault
-    Overloaded: 503, ServiceBusyError: 503, BackboneNotReadyError: 503,
+    ServiceBusyError: 503, BackboneNotReadyError: 503,
     RayActorError: 503, ActorUnavailableError: 503,  # a deployment died while answering; Serve restarts it
     DeadlineExceededError: 504,
 }

@@ -24,7 +24,7 @@ from ..observability.task_labels import OTHER_TASK, TaskLabels
 from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, register_tasks, remove_task
-from .errors import BadRequest, NotFound, Overloaded, TooLarge, add_error_handlers, status_of
+from .errors import BadRequest, NotFound, TooLarge, add_error_handlers, status_of
 from .open_inference import HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
 from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
 
@@ -35,7 +35,7 @@ REPLICA_GONE = (RayActorError, ActorUnavailableError)
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000  # tasks per page of GET /v1/tasks
 ATTEMPTS = 4
 # What a request answered without a prediction counts as in `mosaserve_requests_shed_total`.
-SHED_REASON = ((ServiceBusyError, "queue_full"), (Overloaded, "queue_full"), (DeadlineExceededError, "deadline_passed"))
+SHED_REASON = ((ServiceBusyError, "queue_full"), (DeadlineExceededError, "deadline_passed"))
 
 
 # Defined before the class: Serve's ingress wrapper captures module globals when it wraps the class.
@@ -50,7 +50,7 @@ async def predict_row(replicas, item: PredictItem) -> RowReply:
             raise ServiceBusyError(f"every replica is full and {exc}; retry later") from exc
         except REPLICA_GONE as exc:
             if attempt == ATTEMPTS:
-                raise Overloaded(f"no serving replica answered ({type(exc).__name__}); retry later",
+                raise ServiceBusyError(f"no serving replica answered ({type(exc).__name__}); retry later",
                                  retry_after_s=2) from exc
             await asyncio.sleep(0.1 * attempt)  # let the router notice the dead replica
 

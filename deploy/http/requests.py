@@ -15,7 +15,8 @@ import json
 import time
 from typing import AsyncIterator
 
-from .errors import AdminDisabled, BadRequest, Overloaded, TooLarge, Unauthorized
+from ...runtime.errors import ServiceBusyError
+from .errors import AdminDisabled, BadRequest, TooLarge, Unauthorized
 
 
 def deadline_of(timeout_ms: int | None, default_s: float) -> float:
@@ -99,7 +100,7 @@ class PixelsInFlight:
 
     def take(self, pixels: int) -> None:
         if self.held + pixels > self.limit:
-            raise Overloaded(f"the service holds {self.held} decoded pixels of other requests, and this "
+            raise ServiceBusyError(f"the service holds {self.held} decoded pixels of other requests, and this "
                              f"one's {pixels} would pass its limit of {self.limit}; retry in a moment", retry_after_s=1)
         self.held += pixels
 

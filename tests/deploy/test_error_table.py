@@ -16,7 +16,7 @@ from ray.exceptions import ActorUnavailableError
 from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
 from mosaserve.adapters.images import BadImageError, ImageTooLargeError
 from mosaserve.deploy.http.admin import listen
-from mosaserve.deploy.http.errors import (AdminDisabled, BadRequest, EmptyUpload, NotFound, Overloaded, TooLarge,
+from mosaserve.deploy.http.errors import (AdminDisabled, BadRequest, EmptyUpload, NotFound, TooLarge,
                                           Unauthorized, add_error_handlers, status_of)
 from mosaserve.deploy.training.jobs import TrainRequestError
 from mosaserve.runtime.errors import (BackboneNotReadyError, DeadlineExceededError, InferenceFailedError,
@@ -27,7 +27,7 @@ EXPECTED = [
     (Unauthorized("x"), 401), (AdminDisabled("x"), 403), (NotFound("x"), 404), (UnknownTaskError("x"), 404),
     (TooLarge("x"), 413), (ImageTooLargeError("x"), 413), (EmptyUpload("x"), 422), (AdapterFileError("x"), 422),
     (BackboneMismatchError("x"), 422), (NonFiniteOutputError("x"), 500), (InferenceFailedError("x"), 500),
-    (Overloaded("x"), 503), (ServiceBusyError("x"), 503), (BackboneNotReadyError("x"), 503),
+    (ServiceBusyError("x"), 503), (BackboneNotReadyError("x"), 503),
     (DeadlineExceededError("x"), 504), (ZeroDivisionError("x"), 500),
 ]
 
@@ -41,7 +41,7 @@ def test_every_error_has_one_status_its_most_specific_class_decides(error, statu
 def error_app():
     """A FastAPI app with mosaserve's handlers whose one route raises the error named in its path."""
     raising = {type(e).__name__: e for e, _ in EXPECTED if not isinstance(e, ZeroDivisionError)}
-    raising["Busy"] = Overloaded("full", retry_after_s=3)
+    raising["Busy"] = ServiceBusyError("full", retry_after_s=3)
     raising["Restarting"] = ActorUnavailableError("gone", None)
     app = FastAPI()
     add_error_handlers(app)

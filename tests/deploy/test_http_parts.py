@@ -144,11 +144,12 @@ def test_the_default_bind_address_is_loopback(tmp_path):
 
 def test_decoded_pixels_in_flight_are_taken_up_to_the_limit_and_given_back():
     from mosaserve.deploy.http.requests import PixelsInFlight
+    from mosaserve.runtime.errors import ServiceBusyError
 
     budget = PixelsInFlight(100)
     budget.take(60)
     budget.take(40)  # exactly the limit
-    with pytest.raises(RequestError) as refused:
+    with pytest.raises(ServiceBusyError) as refused:
         budget.take(1)
     assert status_of(refused.value) == 503 and refused.value.retry_after_s == 1 and budget.held == 100
     budget.give_back(60)
