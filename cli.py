@@ -332,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     pre = sub.add_parser("pretrain-backbone", help="rebuild the embedded default backbone (needs animal-mnist)")
     pre.add_argument("--epochs", type=int, default=15)
-    pre.add_argument("--batch-size", type=int, default=128, help="Animal-MNIST images per step")
-    pre.add_argument("--glyph-classes", type=int, default=0, help="procedural stroke-glyph classes trained beside")
-    pre.add_argument("--glyphs-per-batch", type=int, default=0, help="glyph images added to each step's batch")
+    pre.add_argument("--batch-size", type=int, default=64, help="Animal-MNIST images per step")
+    pre.add_argument("--glyph-classes", type=int, default=1000, help="procedural stroke-glyph classes trained beside "
+                     "(0: silhouettes only)")
+    pre.add_argument("--glyphs-per-batch", type=int, default=64, help="glyph images added to each step's batch")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="cpu", help="cpu, or cuda for a larger run where a GPU is lent")
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")

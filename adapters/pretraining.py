@@ -33,7 +33,7 @@ from .training import accuracy, warmup_cosine
 @dataclass(frozen=True)
 class PretrainConfig:
     epochs: int = 15
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 1
@@ -42,8 +42,8 @@ class PretrainConfig:
     val_size: int = 1000
     seed: int = 0
     device: str = "cpu"  # "cuda" for a larger run where a GPU is lent
-    glyph_classes: int = 0  # procedural stroke-glyph classes (glyphs.py) trained beside the data's; 0: none
-    glyphs_per_batch: int = 0  # glyph images added to each batch of the data's images
+    glyph_classes: int = 1000  # procedural stroke-glyph classes (glyphs.py) trained beside the data's; 0: none
+    glyphs_per_batch: int = 64  # glyph images added to each batch of the data's images
 
 
 @dataclass(frozen=True)
