@@ -104,11 +104,12 @@ def _batches(files: list[Path], limit: int) -> list[list[Path]]:
     """Files in order, grouped so that each group's bytes stay under `limit` (a larger file goes alone)."""
     batches, size = [[]], 0
     for file in files:
-        if batches[-1] and size + file.stat().st_size > limit:
+        bytes_ = file.stat().st_size
+        if batches[-1] and size + bytes_ > limit:
             batches.append([])
             size = 0
         batches[-1].append(file)
-        size += file.stat().st_size
+        size += bytes_
     return batches
 
 

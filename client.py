@@ -107,8 +107,8 @@ class Client:
 
     def register(self, task: str, adapter: bytes | str | Path) -> dict:
         """Uploads an adapter file (its bytes or its path); answers the task and whether every replica serves it."""
-        data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
-        return self._call("PUT", f"/v1/tasks/{_quoted(task)}", (data, "application/octet-stream"), admin=True)
+        return self._call("PUT", f"/v1/tasks/{_quoted(task)}", (_file_bytes(adapter), "application/octet-stream"),
+                          admin=True)
 
     def register_many(self, adapters: Mapping[str, bytes | str | Path]) -> dict:
         """Uploads many adapter files ({task id: bytes or path}) in one request: all validated before any is
@@ -116,7 +116,7 @@ class Client:
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
             for task, adapter in adapters.items():
-                data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
+                data = _file_bytes(adapter)
                 member = tarfile.TarInfo(f"{task}.safetensors")
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
@@ -202,3 +202,7 @@ def _error(exc: urllib.error.HTTPError) -> ServiceError:
     except (ValueError, KeyError, TypeError):
         message = raw[:500] or exc.reason
     return ERRORS.get(exc.code, ServiceError)(exc.code, str(message))
+
+
+def _file_bytes(adapter: bytes | str | Path) -> bytes:
+    return adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()

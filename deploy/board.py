@@ -23,7 +23,7 @@ from ..adapters.backbone import BackboneInfo
 from ..adapters.errors import AdapterFileError
 from ..runtime.change_feed import ChangeFeed
 from ..runtime.errors import BackboneNotReadyError, InvalidTaskIdError, UnknownTaskError
-from ..runtime.publishing import publish_adapter, publish_adapters
+from ..runtime.publishing import Published, publish_adapters
 from ..runtime.store import AdapterStore
 from ..runtime.task_ids import validate_task_id
 from .config import ServeConfig
@@ -67,19 +67,13 @@ class TaskBoard:
         """Validates an adapter file, publishes it as the task's next version, announces it, and answers
         once every replica serves it."""
         began = time.perf_counter()
-        backbone = await self._served_backbone()
-        if backbone is None:
-            return ChangeReply(BackboneNotReadyError("no replica has loaded the backbone yet: retry in a few seconds"))
         try:
-            published, generation = await self._commit(publish_adapter, self.store, backbone, task_id, data,
-                                                       self.config.runtime.max_adapter_bytes,
-                                                       announce_if=lambda published: published.changed)
-        except (InvalidTaskIdError, AdapterFileError) as exc:  # the client's to fix
+            published, generation = await self._publish({task_id: data})
+        except (BackboneNotReadyError, InvalidTaskIdError, AdapterFileError) as exc:
             return ChangeReply(exc)
-        # The live version's own bytes again change nothing: answered once the replicas are up to date.
-        generation = self.feed.generation if generation is None else generation
-        summary = summarize(task_id, published.entry.version, published.adapter.header)
-        reply = await self._spread(ChangeReply(created=published.created, generation=generation, task=summary))
+        entry = published[task_id]
+        summary = summarize(task_id, entry.entry.version, entry.adapter.header)
+        reply = await self._spread(ChangeReply(created=entry.created, generation=generation, task=summary))
         if not reply.pending:
             self.metrics.latency.observe(time.perf_counter() - began)
         return reply
@@ -87,19 +81,24 @@ class TaskBoard:
     async def register_many(self, files: dict[str, bytes]) -> ChangeReply:
         """`register` for many tasks: every file validated before any is published, one store pass, one
         announcement; answers once every replica serves them all."""
-        backbone = await self._served_backbone()
-        if backbone is None:
-            return ChangeReply(BackboneNotReadyError("no replica has loaded the backbone yet: retry in a few seconds"))
         try:
-            published, generation = await self._commit(
-                publish_adapters, self.store, backbone, files, self.config.runtime.max_adapter_bytes,
-                announce_if=lambda published: any(p.changed for p in published.values()))
-        except (InvalidTaskIdError, AdapterFileError) as exc:
+            published, generation = await self._publish(files)
+        except (BackboneNotReadyError, InvalidTaskIdError, AdapterFileError) as exc:
             return ChangeReply(exc)
         tasks = tuple({"task_id": task_id, "version": p.entry.version, "created": p.created, "changed": p.changed}
                       for task_id, p in published.items())
-        return await self._spread(ChangeReply(generation=self.feed.generation if generation is None else generation,
-                                              tasks=tasks))
+        return await self._spread(ChangeReply(generation=generation, tasks=tasks))
+
+    async def _publish(self, files: dict[str, bytes]) -> tuple[dict[str, Published], int]:
+        """Validates and publishes the files, announcing them if any changed; returns the generation every replica
+        must reach to serve them (the current one when nothing changed: the live bytes again)."""
+        backbone = await self._served_backbone()
+        if backbone is None:
+            raise BackboneNotReadyError("no replica has loaded the backbone yet: retry in a few seconds")
+        published, generation = await self._commit(
+            publish_adapters, self.store, backbone, files, self.config.runtime.max_adapter_bytes,
+            announce_if=lambda published: any(p.changed for p in published.values()))
+        return published, self.feed.generation if generation is None else generation
 
     async def remove(self, task_id: str) -> ChangeReply:
         try:

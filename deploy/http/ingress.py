@@ -51,7 +51,7 @@ async def predict_row(replicas, item: PredictItem) -> RowReply:
         except REPLICA_GONE as exc:
             if attempt == ATTEMPTS:
                 raise ServiceBusyError(f"no serving replica answered ({type(exc).__name__}); retry later",
-                                 retry_after_s=2) from exc
+                                       retry_after_s=2) from exc
             await asyncio.sleep(0.1 * attempt)  # let the router notice the dead replica
 
 
@@ -78,6 +78,11 @@ def _task_list(tasks: str) -> list[str]:
     if not all(task_ids) or len(set(task_ids)) != len(task_ids):
         raise BadRequest(f"tasks must be distinct task ids separated by commas, got {tasks!r}")
     return task_ids
+
+
+def _check_version(task_id: str, asked: str | None, live: int | None) -> None:
+    if asked is not None and asked != str(live):
+        raise NotFound(f"version {asked!r} of task {task_id!r} is not served; the live version is {live}")
 
 
 def _prediction(answer: Answer, replica: str) -> dict:
@@ -256,9 +261,7 @@ class Ingress:
         found = await self.replicas.describe.remote(task_id)
         if found is None:
             raise UnknownTaskError(f"task {task_id!r} is not registered")
-        if version is not None and version != str(found["version"]):
-            raise NotFound(f"version {version!r} of task {task_id!r} is not served; the live version is "
-                           f"{found['version']}")
+        _check_version(task_id, version, found["version"])
         return found
 
     @app.put("/v1/tasks/{task_id}")
@@ -372,9 +375,7 @@ class Ingress:
                                      limits.max_images_per_request)
         replies = await self._rows(wanted.images, [task_id], self._top_k(wanted.top_k), deadline, every_class=True)
         answers = [reply.result for reply in replies]
-        if version is not None and version != str(answers[0].version):  # the live version is what answered
-            raise NotFound(f"version {version!r} of task {task_id!r} is not served; the live version is "
-                           f"{answers[0].version}")
+        _check_version(task_id, version, answers[0].version)  # the live version is what answered
         return infer_response(task_id, wanted, answers)
 
     # --- operations ------------------------------------------------------------------------
