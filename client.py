@@ -106,9 +106,13 @@ class Client:
         return self._call("GET", f"/v1/tasks/{_quoted(task)}")
 
     def register(self, task: str, adapter: bytes | str | Path) -> dict:
-        """Uploads an adapter file (its bytes or its path); answers the task and whether every replica serves it."""
-        return self._call("PUT", f"/v1/tasks/{_quoted(task)}", (_file_bytes(adapter), "application/octet-stream"),
-                          admin=True)
+        """Uploads an adapter file (its bytes or its path), or has the service fetch it from an s3:// URL;
+        answers the task and whether every replica serves it."""
+        if isinstance(adapter, str) and adapter.startswith("s3://"):
+            body = (json.dumps({"source": adapter}).encode(), "application/json")
+        else:
+            body = (_file_bytes(adapter), "application/octet-stream")
+        return self._call("PUT", f"/v1/tasks/{_quoted(task)}", body, admin=True)
 
     def register_many(self, adapters: Mapping[str, bytes | str | Path]) -> dict:
         """Uploads many adapter files ({task id: bytes or path}) in one request: all validated before any is

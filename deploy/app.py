@@ -13,6 +13,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from ..runtime.errors import ServiceBusyError
+from ..runtime.store import is_object_store
 from .board import TaskBoard
 from .config import ServeConfig
 from .http.ingress import Ingress
@@ -50,5 +51,7 @@ def _absolute_paths(config: ServeConfig) -> ServeConfig:
     if spec.checkpoint is not None:
         spec = replace(spec, checkpoint=str(Path(spec.checkpoint).resolve()))
     datasets = str(Path(config.training.datasets_root).resolve()) if config.training.datasets_root else None
-    return config.with_settings(backbone=spec, store_dir=str(Path(config.runtime.store_dir).resolve()), datasets_root=datasets,
-                   jobs_dir=str(config.resolved_jobs_dir()))
+    store, cache = config.runtime.store_dir, config.runtime.store_cache_dir
+    return config.with_settings(backbone=spec, store_dir=store if is_object_store(store) else str(Path(store).resolve()),
+                                store_cache_dir=cache and str(Path(cache).resolve()), datasets_root=datasets,
+                                jobs_dir=str(config.resolved_jobs_dir()))

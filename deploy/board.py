@@ -24,7 +24,7 @@ from ..adapters.errors import AdapterFileError
 from ..runtime.change_feed import ChangeFeed
 from ..runtime.errors import BackboneNotReadyError, InvalidTaskIdError, UnknownTaskError
 from ..runtime.publishing import Published, publish_adapters
-from ..runtime.store import AdapterStore
+from ..runtime.store import open_store
 from ..runtime.task_ids import validate_task_id
 from .config import ServeConfig
 from .http.admin import admin_api, listen, serve_admin_api
@@ -44,7 +44,7 @@ class TaskBoard:
     async def __init__(self, config: ServeConfig) -> None:
         lower_priority(config.board.board_nice)  # serving first: a burst of uploads waits for the cores
         self.config = config
-        self.store = AdapterStore(config.runtime.store_dir)
+        self.store = open_store(config.runtime.store_dir, config.runtime.store_cache_dir)
         self.feed = ChangeFeed(config.board.sync_coalesce_s, forget_after_s=max(5.0, 5 * config.board.heartbeat_s))
         self.replica_metrics: dict[str, str] = {}  # the latest text each replica sent
         self.process_metrics: dict[str, tuple[float, str]] = {}  # ingress processes: (seen_at, text)

@@ -19,10 +19,12 @@ from ..adapters.backbone import BackboneSpec
 from ..adapters.embedded import EMBEDDED_BACKBONE, EMBEDDED_CHECKPOINT
 from ..adapters.images import DEFAULT_MAX_PIXELS
 from ..runtime.device import parse_device
+from ..runtime.store import is_object_store
 from ..runtime.task_runtime import RuntimeConfig, setting
 
 ADMIN_TOKEN_ENV = "MOSASERVE_ADMIN_TOKEN"
 MAX_TOP_K = 1000  # labels one prediction may list
+OBJECT_STORE_JOBS_DIR = "out/jobs"  # training records stay on the sidecar's machine
 
 
 class ServeConfigError(ValueError):
@@ -127,7 +129,7 @@ class TrainingSettings:
     """The training sidecar: where its jobs are kept, what it may read, what Ray reserves for it."""
 
     jobs_dir: str | None = setting(None, "training jobs' records and checkpoints, never inside the store; "
-                                         "null: beside it, <store_dir>-jobs")
+                                         f"null: beside it, <store_dir>-jobs ({OBJECT_STORE_JOBS_DIR} with an s3:// store)")
     datasets_root: str | None = setting(None, "where POST /v1/train may read folder: and list: datasets; "
                                               "null: built-in datasets only")
     trainer_num_cpus: float = setting(0.0, "CPUs Ray reserves for the sidecar (raise it, or give it a node, to "
@@ -155,6 +157,8 @@ class ServeConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
     def __post_init__(self) -> None:
+        if is_object_store(self.runtime.store_dir):
+            return
         jobs, store = self.resolved_jobs_dir(), Path(self.runtime.store_dir).resolve()
         if jobs == store or jobs.is_relative_to(store) or store.is_relative_to(jobs):
             raise ServeConfigError(f"jobs_dir {str(jobs)!r} and store_dir {str(store)!r} must not contain each other")
@@ -162,6 +166,8 @@ class ServeConfig:
     def resolved_jobs_dir(self) -> Path:
         if self.training.jobs_dir is not None:
             return Path(self.training.jobs_dir).resolve()
+        if is_object_store(self.runtime.store_dir):
+            return Path(OBJECT_STORE_JOBS_DIR).resolve()
         store = Path(self.runtime.store_dir).resolve()
         if not store.name:
             raise ServeConfigError("store_dir is the filesystem root: set jobs_dir explicitly")
@@ -201,7 +207,7 @@ class ServeConfig:
                 flat[key] = value
         if "backbone" in flat:
             flat["backbone"] = _backbone_from(flat["backbone"])
-        for name in ("store_dir", "jobs_dir", "datasets_root"):
+        for name in ("store_dir", "store_cache_dir", "jobs_dir", "datasets_root"):
             if flat.get(name) is not None:
                 flat[name] = str(flat[name])
         try:

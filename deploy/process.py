@@ -70,12 +70,17 @@ def background_torch_threads() -> int:
 
 
 RAY_ENV = {"RAY_max_direct_call_object_size": str(1 << 20)}
+# An S3 store's credentials, region and endpoint, as set where the application is deployed.
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+           "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
 
 def actor_options(**options: Any) -> dict[str, Any]:
-    """`ray_actor_options` for a mosaserve deployment: its worker runs with RAY_ENV on any cluster (Serve adds
-    these variables to whatever runtime_env the application's config gives)."""
-    return {**options, "runtime_env": {"env_vars": dict(RAY_ENV)}}
+    """`ray_actor_options` for a mosaserve deployment: its worker runs with RAY_ENV and the deploying process's
+    AWS settings on any cluster (Serve adds these variables to whatever runtime_env the application's config
+    gives)."""
+    aws = {name: os.environ[name] for name in AWS_ENV if name in os.environ}
+    return {**options, "runtime_env": {"env_vars": {**RAY_ENV, **aws}}}
 
 
 def init_ray(**options: Any) -> None:

@@ -24,7 +24,7 @@ from ..adapters.images import BadImageError, decode_image
 from ..adapters.loading import build_adapted_model
 from ..adapters.preprocess import Preprocessor
 from ..runtime.device import parse_device, serving_dtype
-from ..runtime.store import AdapterStore
+from ..runtime.store import open_store
 from ..deploy.config import ServeConfig
 
 app = FastAPI(title="per-task models (baseline)")
@@ -43,7 +43,7 @@ def per_task_models_app(config: ServeConfig, max_models: int) -> Application:
                 torch.set_num_threads(config.serving.torch_threads)
             self.backbone, self.info = load_backbone(config.runtime.backbone)
             self.preprocess = Preprocessor(self.info)
-            self.store = AdapterStore(config.runtime.store_dir)
+            self.store = open_store(config.runtime.store_dir, config.runtime.store_cache_dir)
             self.registry = CollectorRegistry()
             ProcessCollector(registry=self.registry)  # its memory, to set beside mosaserve's
             self.classify.set_max_batch_size(config.serving.max_batch_size)

@@ -16,6 +16,10 @@ class StoreError(RuntimeError):
     """The adapter store cannot be read or written."""
 
 
+class AdapterSourceError(ValueError):
+    """A registration names its adapter file by a source (an s3:// URL) that cannot be read."""
+
+
 class HostCopyLostError(RuntimeError):
     """A version whose tensors left host memory cannot be read back: the store replaced or removed it since."""
 

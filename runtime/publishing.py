@@ -14,7 +14,7 @@ from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, load_adapter
 from ..adapters.errors import AdapterFileError
 from .bank import check_servable
 from .errors import InvalidTaskIdError
-from .store import AdapterStore, StoreEntry
+from .manifest import Store, StoreEntry
 from .task_ids import validate_task_id
 
 
@@ -26,13 +26,13 @@ class Published:
     changed: bool  # False: the bytes of the live version again, nothing written
 
 
-def publish_adapter(store: AdapterStore, info: BackboneInfo, task_id: str, data: bytes,
+def publish_adapter(store: Store, info: BackboneInfo, task_id: str, data: bytes,
                     max_bytes: int = DEFAULT_MAX_BYTES) -> Published:
     """Raises (InvalidTaskIdError, AdapterFileError) before anything is written; else the live version."""
     return publish_adapters(store, info, {task_id: data}, max_bytes)[task_id]
 
 
-def publish_adapters(store: AdapterStore, info: BackboneInfo, files: dict[str, bytes],
+def publish_adapters(store: Store, info: BackboneInfo, files: dict[str, bytes],
                      max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Published]:
     """Every file validated before any is written, then all published in one store pass. An invalid one
     raises its error, naming its task where there are several, and nothing is written."""

@@ -1,4 +1,4 @@
-"""The adapter store: one file per task version in a directory, and a manifest naming the live ones.
+"""The local adapter store: one file per task version in a directory, and a manifest naming the live ones.
 
 Publishing writes the adapter file under a fresh name (temp file, fsync, rename), then the new
 manifest the same way, then fsyncs the directory. A crash at any point leaves either the old or the
@@ -7,11 +7,8 @@ was acknowledged at its acknowledged version. Files no manifest names are garbag
 and are ignored (and removed by `collect_garbage`).
 
 Several processes (the replicas of a served application) may share one store: writers take an
-exclusive `flock` on `.lock`, and readers re-read the manifest whenever its bytes changed.
-
-A task's versions count up and are never handed out twice, across removals too (the manifest keeps a
-removed task's last version): a replica that missed a removal and a re-registration must still see
-that the version it holds is not the one the store names.
+exclusive `flock` on `.lock`, and readers re-read the manifest whenever its bytes changed. Replicas on
+several machines share a bucket instead (`object_store.py`); `open_store` picks by location.
 
 A manifest that cannot be read (torn by storage that lost the fsync'd bytes, or edited by hand) is
 copied aside and rebuilt from the files: the newest complete version of each task. Files only
@@ -24,31 +21,20 @@ knows the last versions of removed tasks, so one registered again starts over at
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.atomic_write import write_atomically
 from .errors import StoreError
-from .task_ids import validate_task_id
+from .manifest import EMPTY, Change, Manifest, Store, StoreEntry, newest_files, replaced
 
 MANIFEST = "manifest.json"
-VERSION_FILE = re.compile(r"v(\d{6})\.safetensors")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoreEntry:
-    task_id: str
-    version: int
-    file: str  # relative to the store root
 
 
 class AdapterStore:
@@ -61,8 +47,7 @@ class AdapterStore:
         # The manifest's bytes as last read or written: the same bytes need no parse (a few KB to compare,
         # where inode, size and a coarse mtime can repeat for two different manifests).
         self._seen: bytes | None = None
-        self._entries: dict[str, StoreEntry] = {}
-        self._retired: dict[str, int] = {}  # removed tasks' last versions
+        self._manifest = EMPTY
         self._refresh()
 
     @contextmanager
@@ -87,12 +72,12 @@ class AdapterStore:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            self._seen, self._entries, self._retired = None, {}, {}
+            self._seen, self._manifest = None, EMPTY
             return
         if raw == self._seen:
             return
         try:
-            (self._entries, self._retired), self._seen = self._read_manifest(raw, path), raw
+            self._manifest, self._seen = Manifest.decode(raw, str(path)), raw
         except StoreError as exc:
             if holding_flock:
                 self._recover(exc)
@@ -104,50 +89,28 @@ class AdapterStore:
     def _recover(self, error: StoreError) -> None:
         path = self.root / MANIFEST
         try:
-            self._read_manifest(path.read_bytes(), path)
+            Manifest.decode(path.read_bytes(), str(path))
             return  # another process rebuilt it while we waited for the lock
         except StoreError:
             pass
-        entries = self._entries_from_files()
+        entries = newest_files(p.relative_to(self.root).as_posix() for p in (self.root / "tasks").glob("*/*"))
         aside = path.with_name(f"{MANIFEST}.unreadable-{time.time_ns()}")
         shutil.copyfile(path, aside)  # a copy, then a replace: readers never find the manifest missing
-        self._write_manifest(entries, {})
+        self._write_manifest(Manifest(entries, {}))
         log.error("%s; copied it to %s and rebuilt it from the files: %s", error, aside.name,
                   {t: e.version for t, e in sorted(entries.items())})
 
-    def _entries_from_files(self) -> dict[str, StoreEntry]:
-        entries = {}
-        for folder in sorted(f for f in (self.root / "tasks").iterdir() if f.is_dir() and _is_task_id(f.name)):
-            versions = [int(m.group(1)) for f in folder.iterdir() if (m := VERSION_FILE.fullmatch(f.name))]
-            if versions:
-                version = max(versions)
-                entries[folder.name] = StoreEntry(folder.name, version, f"tasks/{folder.name}/v{version:06d}.safetensors")
-        return entries
-
-    @staticmethod
-    def _read_manifest(raw: bytes, path: Path) -> tuple[dict[str, StoreEntry], dict[str, int]]:
-        """(live entries, removed tasks' last versions); manifests written before the second have none."""
-        try:
-            doc = json.loads(raw)
-            entries = {t: StoreEntry(validate_task_id(t), int(e["version"]), str(e["file"])) for t, e in doc["tasks"].items()}
-            retired = {validate_task_id(t): int(v) for t, v in doc.get("retired", {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            raise StoreError(f"store manifest {path} is unreadable: {exc}") from exc
-        return entries, retired
-
-    def _write_manifest(self, entries: dict[str, StoreEntry], retired: dict[str, int]) -> None:
-        doc = {"tasks": {t: {"version": e.version, "file": e.file} for t, e in sorted(entries.items())},
-               "retired": dict(sorted(retired.items()))}
-        data = json.dumps(doc, indent=1).encode()
+    def _write_manifest(self, manifest: Manifest) -> None:
+        data = manifest.encode()
         write_atomically(self.root / MANIFEST, data)
         # Callers hold the flock and keep what they wrote as theirs: no need to read it back.
-        self._entries, self._retired, self._seen = entries, retired, data
+        self._manifest, self._seen = manifest, data
 
     def entries(self) -> dict[str, StoreEntry]:
         """The live entries, as of the manifest on disk now (other processes may publish too)."""
         with self._lock:
             self._refresh()
-            return dict(self._entries)
+            return dict(self._manifest.entries)
 
     def path_of(self, entry: StoreEntry) -> Path:
         return self.root / entry.file
@@ -156,35 +119,25 @@ class AdapterStore:
         """Durably stores a (validated) adapter file as the next version of `task_id`; see `publish_change`."""
         return self.publish_change(task_id, data)[1]
 
-    def publish_change(self, task_id: str, data: bytes) -> tuple[StoreEntry | None, StoreEntry]:
+    def publish_change(self, task_id: str, data: bytes) -> Change:
         """(the entry before, the live entry after). The same bytes as the live version change nothing
         and return its entry: sending a file again (a client's retry after a lost answer, a training
         job resumed after its publish) never makes a new version."""
         return self.publish_changes({task_id: data})[task_id]
 
-    def publish_changes(self, files: dict[str, bytes]) -> dict[str, tuple[StoreEntry | None, StoreEntry]]:
+    def publish_changes(self, files: dict[str, bytes]) -> dict[str, Change]:
         """`publish_change` for many tasks in one pass under one manifest write: all of them or, after a
         crash, none."""
-        for task_id in files:
-            validate_task_id(task_id)
         with self._writing():
-            changes = {}
-            for task_id, data in files.items():
-                previous = self._entries.get(task_id)
-                if previous is not None and self._holds(previous, data):
-                    changes[task_id] = previous, previous
-                    continue
-                version = max(previous.version if previous else 0, self._retired.get(task_id, 0)) + 1
-                entry = StoreEntry(task_id, version, f"tasks/{task_id}/v{version:06d}.safetensors")
-                write_atomically(self.root / entry.file, data)
-                changes[task_id] = previous, entry
-            new = {task_id: entry for task_id, (previous, entry) in changes.items() if previous != entry}
-            if new:
-                retired = {t: v for t, v in self._retired.items() if t not in new}
-                self._write_manifest({**self._entries, **new}, retired)  # the commit point
-            for previous, entry in changes.values():
-                if previous is not None and previous != entry:
-                    self.path_of(previous).unlink(missing_ok=True)
+            changes = self._manifest.plan(files, self._holds, lambda t, v, _: f"tasks/{t}/v{v:06d}.safetensors")
+            for task_id, (previous, entry) in changes.items():
+                if previous != entry:
+                    write_atomically(self.root / entry.file, files[task_id])
+            committed = self._manifest.with_changes(changes)
+            if committed is not None:
+                self._write_manifest(committed)  # the commit point
+            for entry in replaced(changes):
+                self.path_of(entry).unlink(missing_ok=True)
             return changes
 
     def _holds(self, entry: StoreEntry, data: bytes) -> bool:
@@ -196,27 +149,32 @@ class AdapterStore:
 
     def remove(self, task_id: str) -> StoreEntry | None:
         with self._writing():
-            previous = self._entries.get(task_id)
+            previous = self._manifest.entries.get(task_id)
             if previous is None:
                 return None
-            entries = {t: e for t, e in self._entries.items() if t != task_id}
-            self._write_manifest(entries, {**self._retired, task_id: previous.version})
+            self._write_manifest(self._manifest.without(task_id))
             self.path_of(previous).unlink(missing_ok=True)
             return previous
 
     def collect_garbage(self) -> list[Path]:
         """Deletes files no manifest entry names (left by a crash before the manifest was written)."""
         with self._writing():
-            live = {self.root / e.file for e in self._entries.values()}
+            live = {self.root / e.file for e in self._manifest.entries.values()}
             stray = [p for p in (self.root / "tasks").rglob("*") if p.is_file() and p not in live]
             for path in stray:
                 path.unlink(missing_ok=True)
             return stray
 
 
-def _is_task_id(name: str) -> bool:
-    try:
-        validate_task_id(name)
-    except ValueError:
-        return False
-    return True
+def open_store(location: str, cache_dir: str | None = None) -> Store:
+    """The store at `location`: `s3://bucket/prefix` for an S3 bucket (its files cached in `cache_dir`), else a
+    local folder."""
+    if is_object_store(location):
+        from .object_store import ObjectAdapterStore
+
+        return ObjectAdapterStore(location, cache_dir)
+    return AdapterStore(location)
+
+
+def is_object_store(location: str) -> bool:
+    return location.startswith("s3://")

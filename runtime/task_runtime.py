@@ -23,11 +23,11 @@ from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
 from .bank import AdapterBank, TaskRecord
-from .errors import HostCopyLostError, NonFiniteOutputError, UnknownTaskError
+from .errors import HostCopyLostError, NonFiniteOutputError, StoreError, UnknownTaskError
 from .device import parse_device, serving_dtype
 from .executor import STRATEGIES, BatchTimings, MixedTaskExecutor, RowResult
 from .publishing import publish_adapter
-from .store import AdapterStore
+from .store import open_store
 from .task_ids import BACKBONE_TASK, validate_task_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class RuntimeConfig:
 
     backbone: BackboneSpec = setting(EMBEDDED_BACKBONE, "the frozen ViT: `embedded`, or a mapping of name, kwargs, "
                                                         "checkpoint (a local safetensors file), seed")
-    store_dir: str = setting("out/store", "where published adapters live (shared storage on a cluster)")
+    store_dir: str = setting("out/store", "where published adapters live: a folder, or s3://bucket/prefix "
+                                          "(credentials and endpoint from the AWS environment)")
+    store_cache_dir: str | None = setting(None, "with an s3:// store, where each replica's machine keeps the files "
+                                                "it fetched; null: a folder in the system's temp dir")
     device: str = setting("cpu", "cpu, cuda or cuda:N; on cuda each replica gets a GPU of its own")
     dtype: str = setting("float32", "serving precision: float32, bfloat16 (GPU, or a CPU with AMX) or float16")
     max_resident: int = setting(1024, "adapters kept on the serving device (least recently used leave first)")
@@ -91,7 +94,7 @@ class TaskRuntime:
         self.bank = AdapterBank(self.info, config.device, dtype, config.max_resident, config.max_host,
                                 config.max_adapter_bytes)
         self.executor = MixedTaskExecutor(self.backbone, self.bank, config.strategy, config.gather_from_tasks)
-        self.store = AdapterStore(config.store_dir)
+        self.store = open_store(config.store_dir, config.store_cache_dir)
         self._changes = threading.RLock()  # register/remove/sync: the bank never goes back to an older version
         self.restored = self.sync()  # every task the store names; `failed` lists those that could not load
 
@@ -109,7 +112,7 @@ class TaskRuntime:
                     path = self.store.path_of(entry)
                     header = read_header(path, self.info.fingerprint, self.config.max_adapter_bytes)
                     self.bank.register_stored(task_id, header, entry.version, path)
-                except (OSError, AdapterFileError) as exc:  # replaced meanwhile, or damaged on disk
+                except (OSError, AdapterFileError, StoreError) as exc:  # replaced meanwhile, or damaged
                     log.error("could not load task %s v%d from the store: %s", task_id, entry.version, exc)
                     report.failed.append((task_id, str(exc)))
                     continue

@@ -27,3 +27,20 @@ def tiny_backbone():
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A real S3-compatible server on loopback (moto's), and this process's AWS environment pointing at it."""
+    from .s3_server import environment, s3_server
+
+    with s3_server() as env, environment(env):
+        yield env
+
+
+@pytest.fixture
+def s3_bucket(s3_env) -> str:
+    """A fresh bucket on the test server: its s3:// URL."""
+    from .s3_server import new_bucket
+
+    return new_bucket()

@@ -11,6 +11,7 @@ management port, and it lets an operator expose inference while keeping this por
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from typing import Awaitable, Callable
@@ -20,22 +21,31 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ... import __version__
+from ...runtime.object_store import read_object
 from ...runtime.task_ids import validate_task_id
 from ..config import ServeConfig
 from ..messages import ChangeReply
 from .bulk_upload import adapter_files
-from .errors import EmptyUpload, add_error_handlers
+from .errors import BadRequest, EmptyUpload, TooLarge, add_error_handlers
 from .requests import read_limited, require_admin
+
+MAX_SOURCE_BYTES = 64 << 10
 
 
 async def register_task(task_id: str, request: Request, config: ServeConfig, admin_token: str | None,
                         register: Callable[[str, bytes], Awaitable[ChangeReply]]) -> JSONResponse:
-    """The body is the task's adapter file (.safetensors); `register` is the board's."""
+    """The body is the task's adapter file (.safetensors), or JSON {"source": "s3://bucket/key"} naming it;
+    `register` is the board's."""
     require_admin(request.headers.get("authorization"), admin_token)
     validate_task_id(task_id)
     began = time.perf_counter()
-    data = await read_limited(request.stream(), request.headers.get("content-length"), config.runtime.max_adapter_bytes,
-                              "adapter file")
+    limit = config.runtime.max_adapter_bytes
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        data = await asyncio.to_thread(read_object, await _source(request), limit)
+        if len(data) > limit:
+            raise TooLarge(f"the adapter file at the source is over the {limit} bytes taken")
+    else:
+        data = await read_limited(request.stream(), request.headers.get("content-length"), limit, "adapter file")
     if not data:
         raise EmptyUpload("empty body: upload the adapter file (.safetensors) as the request body")
     reply = await register(task_id, data)
@@ -62,6 +72,17 @@ async def remove_task(task_id: str, request: Request, admin_token: str | None,
     return answer_change(await remove(task_id), began, {"task_id": task_id, "removed": True})
 
 
+async def _source(request: Request) -> str:
+    raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_SOURCE_BYTES, "JSON body")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from exc
+    if not (isinstance(body, dict) and set(body) == {"source"} and isinstance(body["source"], str)):
+        raise BadRequest('a JSON registration is {"source": "s3://bucket/key"}: the adapter file\'s URL')
+    return body["source"]
+
+
 def answer_change(reply: ChangeReply, began: float, body: dict) -> JSONResponse:
     """201 for a new task, 200 once every replica serves the change, 202 if some did not within the timeout
     or no replica is alive to serve it (stored, served by none yet)."""
@@ -82,7 +103,8 @@ def admin_api(board, config: ServeConfig) -> FastAPI:
 
     @api.put("/v1/tasks/{task_id}")
     async def put_task(task_id: str, request: Request) -> JSONResponse:
-        """Register or replace a task: the body is its adapter file (.safetensors). Admin token required."""
+        """Register or replace a task: the body is its adapter file (.safetensors), or JSON {"source":
+        "s3://bucket/key"} naming it. Admin token required."""
         return await register_task(task_id, request, config, token, board.register)
 
     @api.delete("/v1/tasks/{task_id}")

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...adapters.errors import AdapterFileError
 from ...adapters.images import BadImageError, ImageTooLargeError
-from ...runtime.errors import (BackboneNotReadyError, DeadlineExceededError, InferenceFailedError, InvalidTaskIdError,
+from ...runtime.errors import (AdapterSourceError, BackboneNotReadyError, DeadlineExceededError, InferenceFailedError, InvalidTaskIdError,
                                NonFiniteOutputError, ServiceBusyError, UnknownTaskError)
 from ..training.jobs import TrainRequestError
 
@@ -59,7 +59,7 @@ STATUS: dict[type, int] = {
     AdminDisabled: 403,
     NotFound: 404, UnknownTaskError: 404,
     TooLarge: 413,
-    EmptyUpload: 422, AdapterFileError: 422,
+    EmptyUpload: 422, AdapterFileError: 422, AdapterSourceError: 422,
     NonFiniteOutputError: 500, InferenceFailedError: 500,  # a task's adapter, or the service, is at fault
     ServiceBusyError: 503, BackboneNotReadyError: 503,
     RayActorError: 503, ActorUnavailableError: 503,  # a deployment died while answering; Serve restarts it

@@ -266,8 +266,8 @@ class Ingress:
 
     @app.put("/v1/tasks/{task_id}")
     async def put_task(self, task_id: str, request: Request) -> JSONResponse:
-        """Register or replace a task: the body is its adapter file (.safetensors). Admin token required.
-        The task board's admin port, where configured, takes the same request off the serving processes."""
+        """Register or replace a task: the body is its adapter file (.safetensors), or JSON {"source":
+        "s3://bucket/key"} naming it. Admin token required. The task board's admin port, where configured, takes the same request off the serving processes."""
         answer = await register_task(task_id, request, self.config, self.admin_token, self.board.register.remote)
         self.known_tasks.add(task_id)
         return answer

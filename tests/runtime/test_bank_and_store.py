@@ -12,6 +12,7 @@ from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
 from mosaserve.runtime.bank import AdapterBank
 from mosaserve.runtime.errors import InvalidTaskIdError, NonFiniteOutputError
 from mosaserve.runtime.executor import MixedTaskExecutor
+from mosaserve.runtime.manifest import Manifest
 from mosaserve.runtime.store import AdapterStore
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
 from mosaserve.runtime.task_ids import BACKBONE_TASK, validate_task_id
@@ -132,9 +133,8 @@ def test_store_publishes_versions_and_survives_reopen(tmp_path):
 
 def test_a_writer_never_rereads_its_own_manifest_but_sees_every_other_writers(tmp_path, monkeypatch):
     reads = []
-    real_read = AdapterStore._read_manifest
-    monkeypatch.setattr(AdapterStore, "_read_manifest",
-                        staticmethod(lambda raw, path: reads.append(path) or real_read(raw, path)))
+    real_decode = Manifest.decode
+    monkeypatch.setattr(Manifest, "decode", classmethod(lambda cls, raw, where: reads.append(where) or real_decode(raw, where)))
     board, other = AdapterStore(tmp_path), AdapterStore(tmp_path)
     for i in range(5):
         board.publish(f"t{i}", b"x")
