@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -247,6 +248,19 @@ def _loadtest_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest_cluster(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))  # before ray is imported: it reads them once
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from .loadtests.cluster import ClusterSpec, format_cluster, run_cluster
+
+    spec = ClusterSpec(store=args.store, gcs_port=args.gcs_port, head_http_port=args.port,
+                       worker_http_port=args.worker_port)
+    doc = run_cluster(spec, Path(args.out))
+    print(format_cluster(doc))
+    print(f"\nwritten: {Path(args.out) / 'cluster.json'} and cluster.md")
+    return 0 if doc["ok"] else 1
+
+
 def _add_loadtest(sub) -> None:
     from .loadtests.command import add_run_arguments
 
@@ -283,6 +297,15 @@ def _add_loadtest(sub) -> None:
     scale.add_argument("--port", type=int, default=8124)
     scale.add_argument("--out", default="out/loadtest/scale")
     scale.set_defaults(func=_loadtest_scale)
+    cluster = kinds.add_parser("cluster", help="two Ray nodes on this machine (two `ray start`), a replica on each, "
+                               "the store in S3: registration through either node, a node killed and restarted")
+    cluster.add_argument("--store", help="s3://bucket/prefix (AWS environment); default: a bucket on a local S3 "
+                         "server (needs moto[server])")
+    cluster.add_argument("--gcs-port", type=int, default=6390)
+    cluster.add_argument("--port", type=int, default=8131, help="the head node's HTTP port")
+    cluster.add_argument("--worker-port", type=int, default=8132, help="the worker node's HTTP port")
+    cluster.add_argument("--out", default="out/loadtest/cluster")
+    cluster.set_defaults(func=_loadtest_cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

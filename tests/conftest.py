@@ -32,15 +32,15 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def s3_env():
     """A real S3-compatible server on loopback (moto's), and this process's AWS environment pointing at it."""
-    from .s3_server import environment, s3_server
+    from mosaserve.loadtests.local_s3 import environment, local_s3_server
 
-    with s3_server() as env, environment(env):
+    with local_s3_server() as env, environment(env):
         yield env
 
 
 @pytest.fixture
 def s3_bucket(s3_env) -> str:
     """A fresh bucket on the test server: its s3:// URL."""
-    from .s3_server import new_bucket
+    from mosaserve.loadtests.local_s3 import new_bucket
 
     return new_bucket()

@@ -19,7 +19,7 @@ def s3_service(ray_cluster, s3_env, tmp_path_factory) -> Service:
     """Two replicas whose store is a bucket; each process caches the files it fetched in a folder of its own."""
     from ray import serve
 
-    from ..s3_server import new_bucket
+    from mosaserve.loadtests.local_s3 import new_bucket
 
     root = tmp_path_factory.mktemp("s3-service")
     spec, backbone, info = saved_tiny_backbone(root)

@@ -1,4 +1,5 @@
-"""A real S3-compatible server on loopback for the tests: moto's standalone server, in a process of its own."""
+"""An S3-compatible server on loopback (moto's standalone server, a process of its own), for runs and tests that
+need a bucket and have none: `pip install 'moto[server]'`."""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import requests
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
-    """Starts the server and yields the environment that points the AWS libraries at it."""
+def local_s3_server() -> Iterator[dict[str, str]]:
+    """Starts the server and yields the environment that points the AWS libraries at it; stops it after."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -26,23 +26,28 @@ def s3_server() -> Iterator[dict[str, str]]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url, timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the S3 test server did not start") from None
-                time.sleep(0.1)
+        _wait_until_up(url, server)
         yield {**CREDENTIALS, "AWS_ENDPOINT_URL": url}
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
+def _wait_until_up(url: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the local S3 server did not start (is moto[server] installed?)") from None
+            time.sleep(0.1)
+
+
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for the block, then what was there before."""
     before = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -59,6 +64,6 @@ def new_bucket() -> str:
     """A fresh, empty bucket on the server the environment names; its s3:// URL."""
     import s3fs
 
-    name = f"test-{uuid.uuid4().hex[:12]}"
+    name = f"mosaserve-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
