@@ -29,3 +29,19 @@ def adapter_bytes(model: AdaptedViT, info) -> bytes:
 
 def adapter_file(model: AdaptedViT, info) -> AdapterFile:
     return load_adapter(adapter_bytes(model, info), info.fingerprint)
+
+
+# Source for a child process that is to lose power: `step(f)` wraps a callable so that entering the
+# `crash_at`-th call of any wrapped one ends the process at once (os._exit: no cleanup, no finally blocks).
+POWER_CUT = """
+import os
+steps = 0
+def step(real):
+    def wrapped(*args, **kwargs):
+        global steps
+        steps += 1
+        if steps == crash_at:
+            os._exit(137)
+        return real(*args, **kwargs)
+    return wrapped
+"""

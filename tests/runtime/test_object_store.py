@@ -21,7 +21,7 @@ from mosaserve.runtime.store import open_store
 from mosaserve.runtime.task_ids import BACKBONE_TASK
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
 
-from .helpers import adapter_bytes, random_model
+from .helpers import POWER_CUT, adapter_bytes, random_model
 
 
 def machine(url: str, tmp_path, name: str) -> ObjectAdapterStore:
@@ -116,15 +116,7 @@ CHILD = textwrap.dedent("""
     store = open_store(url, cache)
     store.publish("a", b"a-one"); store.publish("b", b"b-one")
     print("acknowledged a1 b1", flush=True)
-    steps = 0
-    def step(real):
-        def wrapped(*args, **kwargs):
-            global steps
-            steps += 1
-            if steps == crash_at:
-                os._exit(137)  # the power cut: nothing after this runs, no cleanup
-            return real(*args, **kwargs)
-        return wrapped
+""") + POWER_CUT + textwrap.dedent("""
     store.fs.pipe_file, store.fs.rm_file = step(store.fs.pipe_file), step(store.fs.rm_file)
     if bulk:
         store.publish_changes({"a": b"a-two", "c": b"c-one"})

@@ -18,7 +18,7 @@ import torch
 from mosaserve.runtime.store import AdapterStore
 from mosaserve.runtime.task_runtime import RuntimeConfig, TaskRuntime
 
-from .helpers import adapter_bytes, random_model
+from .helpers import POWER_CUT, adapter_bytes, random_model
 
 # publish's steps: fsync file, rename file, fsync dir, fsync manifest, rename manifest, fsync dir,
 # delete the replaced version. The manifest's rename (step 5) is the commit point.
@@ -33,15 +33,7 @@ CHILD = textwrap.dedent("""
     store = AdapterStore(root)
     store.publish("a", b"a-one"); store.publish("b", b"b-one")
     print("acknowledged a1 b1", flush=True)
-    steps = 0
-    def step(real):
-        def wrapped(*args, **kwargs):
-            global steps
-            steps += 1
-            if steps == crash_at:
-                os._exit(137)  # the power cut: nothing after this runs, no cleanup
-            return real(*args, **kwargs)
-        return wrapped
+""") + POWER_CUT + textwrap.dedent("""
     os.fsync, os.replace, os.unlink = step(os.fsync), step(os.replace), step(os.unlink)
     store.publish("a", b"a-two")
     print("acknowledged a2", flush=True)
