@@ -1,16 +1,25 @@
-"""MoSA and baseline adapters for frozen timm Vision Transformers, and the one-file adapter format."""
+"""MoSA and baseline adapters for frozen timm Vision Transformers, and the one-file adapter format.
 
-from .backbone import BackboneInfo, BackboneSpec, load_backbone, save_backbone
-from .config import AdapterConfig
-from .errors import AdapterConfigError, AdapterFileError, BackboneError, BackboneMismatchError
-from .file_format import AdapterFile, AdapterHeader, load_adapter, save_adapter
-from .loading import build_adapted_model
-from .model import AdaptedViT
-from .preprocess import Preprocessor
-from .training import TrainConfig, train_adapter
+The names below load on first use: a process that only reads adapter files or images (the ingress, the task
+board) never imports timm or the training code.
+"""
 
-__all__ = [
-    "AdaptedViT", "AdapterConfig", "AdapterConfigError", "AdapterFile", "AdapterFileError", "AdapterHeader",
-    "BackboneError", "BackboneInfo", "BackboneMismatchError", "BackboneSpec", "Preprocessor", "TrainConfig",
-    "build_adapted_model", "load_adapter", "load_backbone", "save_adapter", "save_backbone", "train_adapter",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "BackboneInfo": "backbone", "BackboneSpec": "backbone", "load_backbone": "backbone", "save_backbone": "backbone",
+    "AdapterConfig": "config",
+    "AdapterConfigError": "errors", "AdapterFileError": "errors", "BackboneError": "errors",
+    "BackboneMismatchError": "errors",
+    "AdapterFile": "file_format", "AdapterHeader": "file_format", "load_adapter": "file_format",
+    "save_adapter": "file_format",
+    "build_adapted_model": "loading", "AdaptedViT": "model", "Preprocessor": "preprocess",
+    "TrainConfig": "training", "train_adapter": "training",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -15,12 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
+from typing import TYPE_CHECKING
+
 import torch
-from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from .errors import BackboneError
+
+if TYPE_CHECKING:  # timm is imported where a model is built: processes that only read adapter files start faster
+    from timm.models.vision_transformer import VisionTransformer
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ def load_checkpoint_into(model: nn.Module, path: str | Path) -> None:
 
 def build_model(spec: BackboneSpec) -> VisionTransformer:
     """The bare timm ViT of `spec` without a classifier head (forward returns pooled features)."""
+    import timm
+    from timm.models.vision_transformer import Block, VisionTransformer
+
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
@@ -149,7 +155,9 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def describe(model: VisionTransformer, spec: BackboneSpec) -> BackboneInfo:
-    data = timm.data.resolve_model_data_config(model)
+    from timm.data import resolve_model_data_config
+
+    data = resolve_model_data_config(model)
     return BackboneInfo(
         name=spec.name,
         kwargs=dict(spec.kwargs),

@@ -10,11 +10,15 @@ Every head is called on the output of `forward_features` (all tokens) and takes 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
-from timm.models.vision_transformer import VisionTransformer
 
 from .bottleneck import LAYER_NORM_EPS
 from .config import AdapterConfig
+
+if TYPE_CHECKING:  # a type only: timm loads where a model is built
+    from timm.models.vision_transformer import VisionTransformer
 
 
 class PooledHead(nn.Linear):

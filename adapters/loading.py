@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from timm.models.vision_transformer import VisionTransformer
+from typing import TYPE_CHECKING
 
 from .backbone import BackboneInfo
 from .errors import BackboneMismatchError
 from .file_format import AdapterFile
 from .model import AdaptedViT
+
+if TYPE_CHECKING:  # a type only: timm loads where a model is built
+    from timm.models.vision_transformer import VisionTransformer
 
 
 def build_adapted_model(backbone: VisionTransformer, info: BackboneInfo, adapter: AdapterFile) -> AdaptedViT:

@@ -8,10 +8,9 @@ Tensors exported for the adapter file are the merged, deployable ones, named
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .backbone import freeze
@@ -22,6 +21,9 @@ from .heads import build_head
 from .lora import LoRADelta
 from .mosa import MoSAAdapter
 from .taps import Tap, adding, parallel_mlp_tap, qkv_tap
+
+if TYPE_CHECKING:  # a type only: timm loads where a model is built
+    from timm.models.vision_transformer import VisionTransformer
 
 
 def _mask_generator(mask_seed: int, block: int) -> torch.Generator:

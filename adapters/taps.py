@@ -12,10 +12,12 @@ not run forward passes from two threads at once (the serving executor runs batch
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from torch import Tensor, nn
-from timm.models.vision_transformer import Block
+
+if TYPE_CHECKING:  # a type only: timm loads where a model is built
+    from timm.models.vision_transformer import Block
 
 Update = Callable[[Tensor, Tensor], Tensor]  # (captured input, output) -> the output to use
 
