@@ -242,7 +242,7 @@ def _loadtest_scale(args: argparse.Namespace) -> int:
     from .loadtests.scale import ScaleSpec, format_scale, run_scale
 
     spec = ScaleSpec(tasks=args.tasks, resident=args.resident, files_per_upload=args.files_per_upload,
-                     duration_s=args.duration, concurrency=args.concurrency, port=args.port)
+                     duration_s=args.duration, concurrency=args.concurrency, port=args.port, dtype=args.dtype)
     print(format_scale(run_scale(spec, Path(args.out))))
     print(f"\nwritten: {Path(args.out) / 'scale.json'} and scale.md")
     return 0
@@ -295,6 +295,8 @@ def _add_loadtest(sub) -> None:
     scale.add_argument("--duration", type=float, default=20.0, help="measured seconds of each Zipf load")
     scale.add_argument("--concurrency", type=int, default=16)
     scale.add_argument("--port", type=int, default=8124)
+    scale.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="the replica's serving precision, which it holds its adapters in too")
     scale.add_argument("--out", default="out/loadtest/scale")
     scale.set_defaults(func=_loadtest_scale)
     cluster = kinds.add_parser("cluster", help="two Ray nodes on this machine (two `ray start`), a replica on each, "

@@ -140,7 +140,7 @@ def load_adapter(
     trained on another backbone raises `BackboneMismatchError`.
     """
     data = _read_bytes(source, max_bytes)
-    metadata = _read_safetensors_metadata(data)
+    metadata = _read_safetensors_header(data).get("__metadata__", {})
     if METADATA_KEY not in metadata:
         raise AdapterFileError(f"not a mosaserve adapter: the safetensors metadata has no {METADATA_KEY!r} entry")
     header, digest = parse_header(metadata[METADATA_KEY])
@@ -169,8 +169,9 @@ def read_header(path: str | os.PathLike, expected_fingerprint: str, max_bytes: i
         raise AdapterFileError(f"cannot read adapter file {str(path)!r}: {exc.strerror}") from exc
     if size > max_bytes:
         raise AdapterFileError(f"adapter file is {size} bytes, over the limit of {max_bytes}")
-    metadata = _read_safetensors_metadata(start)
-    described = 8 + header_len + _data_bytes(json.loads(start[8:]))
+    safetensors_header = _read_safetensors_header(start)
+    metadata = safetensors_header.get("__metadata__", {})
+    described = 8 + header_len + _data_bytes(safetensors_header)
     if size != described:
         raise AdapterFileError(f"adapter file {str(path)!r} is {size} bytes, not the {described} its header "
                                "describes: cut off or padded")
@@ -215,8 +216,8 @@ def _read_bytes(source: Source, max_bytes: int) -> bytes:
     return data
 
 
-def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The safetensors header's __metadata__, checked by hand before the tensor reader sees the bytes."""
+def _read_safetensors_header(data: bytes) -> dict:
+    """The safetensors header (its __metadata__ checked), read by hand before the tensor reader sees the bytes."""
     if len(data) < 8:
         raise AdapterFileError(f"not a safetensors file: {len(data)} bytes is shorter than the 8-byte header length")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -231,7 +232,7 @@ def _read_safetensors_metadata(data: bytes) -> dict[str, str]:
     metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise AdapterFileError("not a safetensors file: malformed __metadata__")
-    return metadata
+    return header
 
 
 def parse_header(text: str) -> tuple[AdapterHeader, str]:

@@ -54,6 +54,7 @@ class ScaleSpec:
     first_predictions: int = 20  # tasks whose first prediction after the restart is timed
     image_size: int = 32
     port: int = 8124
+    dtype: str = "float32"  # the replica's serving precision, which its adapters are held in too
 
 
 def run_scale(spec: ScaleSpec, out_dir: Path) -> dict:
@@ -94,7 +95,8 @@ def scale_on_cluster(spec: ScaleSpec, url: str, work_dir: Path, out_dir: Path) -
 
 def _config(spec: ScaleSpec, root: Path, resident: int) -> ServeConfig:
     return ServeConfig.of(backbone=spec.backbone, store_dir=str(root / "store"), replicas=1, replica_num_cpus=1,
-                          max_resident=resident, admin_token=TOKEN, admin_port=0, registration_timeout_s=120)
+                          max_resident=resident, admin_token=TOKEN, admin_port=0, registration_timeout_s=120,
+                          dtype=spec.dtype)
 
 
 def _adapter_files(spec: ScaleSpec) -> dict[str, bytes]:
@@ -213,7 +215,8 @@ def _ms(seconds: float | None) -> float | None:
 def format_scale(doc: dict) -> str:
     spec, reg, mem = doc["spec"], doc["registration"], doc["memory"]
     rows = [
-        ("tasks", f"{spec['tasks']:,} (files of {doc['file_bytes']:,} bytes, r = {spec['r']})"),
+        ("tasks", f"{spec['tasks']:,} (files of {doc['file_bytes']:,} bytes, r = {spec['r']}, served in "
+                  f"{spec.get('dtype', 'float32')})"),
         ("single uploads", f"{reg['single']['per_s']}/s, p50 {reg['single']['p50_ms']} ms"),
         ("bulk registration", f"{reg['bulk']['tasks']:,} tasks in {reg['bulk']['seconds']} s "
                               f"({reg['bulk']['tasks_per_s']}/s, {reg['bulk']['requests']} requests of "

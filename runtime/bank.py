@@ -89,36 +89,38 @@ class AdapterBank:
         self.evictions = 0
 
     def register(self, task_id: str, adapter: AdapterFile, version: int, source: Path | None = None) -> TaskRecord:
-        record = self._publish(TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source)))
+        [record] = self._publish([TaskRecord(task_id, version, adapter.header, HostCopy(dict(adapter.tensors), source))])
         self._touch_host(record)
         return record
 
-    def register_stored(self, task_id: str, header: AdapterHeader, version: int, source: Path) -> TaskRecord:
-        """A stored version known by its header alone: its tensors are read (and validated) on first use, so a
-        replica restoring many tasks is ready once it has read their headers."""
-        return self._publish(TaskRecord(task_id, version, header, HostCopy(None, source)))
+    def register_stored(self, stored: list[tuple[str, AdapterHeader, int, Path]]) -> list[TaskRecord]:
+        """Stored versions (task, header, version, file) known by their headers alone, in one swap of the task
+        table: their tensors are read (and validated) on first use, so a replica restoring many tasks is ready
+        once it has read their headers."""
+        return self._publish([TaskRecord(t, v, header, HostCopy(None, source)) for t, header, v, source in stored])
 
-    def _publish(self, record: TaskRecord) -> TaskRecord:
-        validate_task_id(record.task_id)
-        check_servable(record.header, self.info)
+    def _publish(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        for record in records:
+            validate_task_id(record.task_id)
+            check_servable(record.header, self.info)
         with self._write_lock:
-            self._tasks = MappingProxyType({**self._tasks, record.task_id: record})
-        self._evict_task(record.task_id)
-        return record
+            self._tasks = MappingProxyType({**self._tasks, **{r.task_id: r for r in records}})
+        self._evict_tasks({r.task_id for r in records})
+        return records
 
     def remove(self, task_id: str) -> bool:
         with self._write_lock:
             if task_id not in self._tasks:
                 return False
             self._tasks = MappingProxyType({t: r for t, r in self._tasks.items() if t != task_id})
-        self._evict_task(task_id)
+        self._evict_tasks({task_id})
         return True
 
-    def _evict_task(self, task_id: str) -> None:
-        """Forgets the cached copies of a task's older versions (batches in flight keep their own records)."""
+    def _evict_tasks(self, task_ids: set[str]) -> None:
+        """Forgets the cached copies of the tasks' older versions (batches in flight keep their own records)."""
         with self._resident_lock:
             for cache in (self._resident, self._host):
-                for key in [k for k in cache if k[0] == task_id]:
+                for key in [k for k in cache if k[0] in task_ids]:
                     del cache[key]
 
     def _touch_host(self, record: TaskRecord) -> None:

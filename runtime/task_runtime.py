@@ -22,7 +22,7 @@ from ..adapters.file_format import DEFAULT_MAX_BYTES, read_header
 from ..adapters.preprocess import Preprocessor
 from ..adapters.errors import AdapterFileError
 from .answers import Answer, answer_row
-from .bank import AdapterBank, TaskRecord
+from .bank import AdapterBank, TaskRecord, check_servable
 from .errors import HostCopyLostError, NonFiniteOutputError, StoreError, UnknownTaskError
 from .device import parse_device, serving_dtype
 from .executor import STRATEGIES, BatchTimings, MixedTaskExecutor, RowResult
@@ -70,7 +70,7 @@ class RuntimeConfig:
 class SyncReport:
     """What one pass of `TaskRuntime.sync` changed in the bank."""
 
-    loaded: list[tuple[str, int, float]] = field(default_factory=list)  # (task, version, seconds to load and swap)
+    loaded: list[tuple[str, int, float]] = field(default_factory=list)  # (task, version, its share of the pass's seconds)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (task, why)
 
@@ -103,20 +103,23 @@ class TaskRuntime:
         report = SyncReport()
         with self._changes:
             entries, current = self.store.entries(), self.bank.snapshot()
+            stored, began = [], time.perf_counter()
             for task_id, entry in sorted(entries.items()):
                 record = current.get(task_id)
                 if record is not None and record.version == entry.version:
                     continue
-                began = time.perf_counter()
                 try:
                     path = self.store.path_of(entry)
                     header = read_header(path, self.info.fingerprint, self.config.max_adapter_bytes)
-                    self.bank.register_stored(task_id, header, entry.version, path)
+                    check_servable(header, self.info)
                 except (OSError, AdapterFileError, StoreError) as exc:  # replaced meanwhile, or damaged
                     log.error("could not load task %s v%d from the store: %s", task_id, entry.version, exc)
                     report.failed.append((task_id, str(exc)))
                     continue
-                report.loaded.append((task_id, entry.version, time.perf_counter() - began))
+                stored.append((task_id, header, entry.version, path))
+            self.bank.register_stored(stored)  # one swap of the task table, however many changed
+            seconds = (time.perf_counter() - began) / max(1, len(stored))
+            report.loaded.extend((task_id, version, seconds) for task_id, _, version, _ in stored)
             for task_id in sorted(current.keys() - entries.keys()):
                 self.bank.remove(task_id)
                 report.removed.append(task_id)
