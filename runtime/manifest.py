@@ -8,11 +8,11 @@ that the version it holds is not the one the store names.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from .errors import StoreError
 from .task_ids import validate_task_id
@@ -31,15 +31,31 @@ class StoreEntry:
 Change = tuple[StoreEntry | None, StoreEntry]  # (the entry before, the live entry after)
 
 
-class Store(Protocol):
+class Store(ABC):
     """An adapter store: the local folder (`AdapterStore`) or an S3 bucket (`ObjectAdapterStore`)."""
 
+    @abstractmethod
     def entries(self) -> dict[str, StoreEntry]: ...
+
+    @abstractmethod
     def path_of(self, entry: StoreEntry) -> Path: ...
-    def publish(self, task_id: str, data: bytes) -> StoreEntry: ...
-    def publish_change(self, task_id: str, data: bytes) -> Change: ...
-    def publish_changes(self, files: dict[str, bytes]) -> dict[str, Change]: ...
+
+    @abstractmethod
+    def publish_changes(self, files: dict[str, bytes]) -> dict[str, Change]:
+        """`publish_change` for many tasks under one manifest commit: all of them or, after a crash, none."""
+
+    @abstractmethod
     def remove(self, task_id: str) -> StoreEntry | None: ...
+
+    def publish(self, task_id: str, data: bytes) -> StoreEntry:
+        """Durably stores a (validated) adapter file as the next version of `task_id`; see `publish_change`."""
+        return self.publish_change(task_id, data)[1]
+
+    def publish_change(self, task_id: str, data: bytes) -> Change:
+        """(the entry before, the live entry after). The same bytes as the live version change nothing
+        and return its entry: sending a file again (a client's retry after a lost answer, a training
+        job resumed after its publish) never makes a new version."""
+        return self.publish_changes({task_id: data})[task_id]
 
 
 @dataclass(frozen=True)

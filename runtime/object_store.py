@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from ..adapters.atomic_write import write_atomically
 from .errors import AdapterSourceError, StoreError
-from .manifest import EMPTY, VERSION_FILE, Change, Manifest, StoreEntry, newest_files, replaced
+from .manifest import EMPTY, VERSION_FILE, Change, Manifest, Store, StoreEntry, newest_files, replaced
 from .task_ids import validate_task_id
 
 GENERATION = re.compile(r"(\d{12})\.json")
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ObjectAdapterStore:
+class ObjectAdapterStore(Store):
     """Task versions as objects under `s3://bucket/prefix`, committed by create-only manifest generations."""
 
     def __init__(self, url: str, cache_dir: str | None = None) -> None:
@@ -146,11 +146,11 @@ class ObjectAdapterStore:
             write_atomically(path, data)
         return path
 
-    def publish(self, task_id: str, data: bytes) -> StoreEntry:
-        return self.publish_change(task_id, data)[1]
-
-    def publish_change(self, task_id: str, data: bytes) -> Change:
-        return self.publish_changes({task_id: data})[task_id]
+    def _keep_local(self, entry: StoreEntry, data: bytes) -> None:
+        """Caches what this process just uploaded, so serving it needs no download."""
+        path = self.cache / f"{_digest(entry.file)}.safetensors"
+        if not path.exists():
+            write_atomically(path, data)
 
     def publish_changes(self, files: dict[str, bytes]) -> dict[str, Change]:
         """As the local store's: every file, then one manifest generation; the live bytes again change nothing."""
@@ -162,6 +162,8 @@ class ObjectAdapterStore:
             return manifest.with_changes(changes), changes
 
         changes = self._commit(change)
+        for task_id, (_, entry) in changes.items():
+            self._keep_local(entry, files[task_id])
         self._delete([e.file for e in replaced(changes)])
         return changes
 

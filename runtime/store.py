@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
 
-class AdapterStore:
+class AdapterStore(Store):
     """Task versions as files in a directory, published atomically and durably under a manifest."""
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -115,19 +115,7 @@ class AdapterStore:
     def path_of(self, entry: StoreEntry) -> Path:
         return self.root / entry.file
 
-    def publish(self, task_id: str, data: bytes) -> StoreEntry:
-        """Durably stores a (validated) adapter file as the next version of `task_id`; see `publish_change`."""
-        return self.publish_change(task_id, data)[1]
-
-    def publish_change(self, task_id: str, data: bytes) -> Change:
-        """(the entry before, the live entry after). The same bytes as the live version change nothing
-        and return its entry: sending a file again (a client's retry after a lost answer, a training
-        job resumed after its publish) never makes a new version."""
-        return self.publish_changes({task_id: data})[task_id]
-
     def publish_changes(self, files: dict[str, bytes]) -> dict[str, Change]:
-        """`publish_change` for many tasks in one pass under one manifest write: all of them or, after a
-        crash, none."""
         with self._writing():
             changes = self._manifest.plan(files, self._holds, lambda t, v, _: f"tasks/{t}/v{v:06d}.safetensors")
             for task_id, (previous, entry) in changes.items():

@@ -48,6 +48,14 @@ def test_versions_count_up_across_machines_and_the_live_bytes_again_change_nothi
     assert [n for n in objects(url) if n.startswith("tasks/")] == [one.entries()["cats"].file]
 
 
+def test_the_publisher_serves_its_own_upload_without_fetching_it_back(s3_bucket, tmp_path):
+    url = s3_bucket + "/own"
+    store = machine(url, tmp_path, "one")
+    entry = store.publish("cats", b"mine")
+    s3fs.S3FileSystem(skip_instance_cache=True).rm(f"{url}/{entry.file}")  # a download would fail now
+    assert store.path_of(entry).read_bytes() == b"mine"
+
+
 def test_writers_on_two_machines_racing_lose_no_publish(s3_bucket, tmp_path):
     url = s3_bucket + "/race"
     stores = [machine(url, tmp_path, str(i)) for i in range(2)]
