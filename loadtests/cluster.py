@@ -37,7 +37,7 @@ from ..deploy.config import ServeConfig
 from ..deploy.process import RAY_ENV
 from .inputs import noise_png
 from .local_s3 import environment, local_s3_server, new_bucket
-from .local_service import deploy_and_wait
+from .local_service import deploy_and_wait, wait_for
 from .runtime_bench import machine_description, random_task
 
 APP = "cluster"
@@ -126,14 +126,14 @@ def _scenario(spec: ClusterSpec, store: str, cluster: TwoNodes) -> dict:
 
     ray.init(address=f"{HEAD_IP}:{spec.gcs_port}", _node_ip_address=HEAD_IP, log_to_driver=False)
     try:
-        _wait(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, spec.timeout_s, "both nodes to join")
+        wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, spec.timeout_s, "both nodes to join")
         serve.start(http_options={"host": "127.0.0.1", "port": spec.head_http_port, "location": "EveryNode"})
         urls = {"head": f"http://127.0.0.1:{spec.head_http_port}", "worker": f"http://127.0.0.1:{spec.worker_http_port}"}
         config = ServeConfig.of(store_dir=store, replicas=2, replica_num_cpus=1, admin_token=TOKEN, admin_port=None,
                                 jobs_dir=str(cluster.work / "jobs"))
         doc = {"spec": asdict(spec), "store": store, "machine": machine_description(),
                "ready_s": round(deploy_and_wait(build_app(config), APP, urls["head"], timeout_s=spec.timeout_s), 2)}
-        _wait(lambda: _healthy(urls["worker"], 2), spec.timeout_s, "the worker's proxy")
+        wait_for(lambda: _healthy(urls["worker"], 2), spec.timeout_s, "the worker's proxy")
         doc["replica_nodes"] = _replica_nodes()
         tasks = _register_through_each(urls)
         doc["registered"] = {name: answer for name, (answer, _) in tasks.items()}
@@ -172,12 +172,12 @@ def _served(urls: dict[str, str], tasks: dict[str, tuple[dict, str]], prediction
 def _restart_worker(cluster: TwoNodes, urls: dict[str, str], tasks: dict, spec: ClusterSpec) -> dict:
     began = time.monotonic()
     cluster.kill_worker()
-    _wait(lambda: _healthy(urls["head"], 1), spec.timeout_s, "the service to notice the lost node")
+    wait_for(lambda: _healthy(urls["head"], 1), spec.timeout_s, "the service to notice the lost node")
     noticed = time.monotonic() - began
     served_meanwhile = _served({"head": urls["head"]}, tasks, spec.predictions)["head"]
     began = time.monotonic()
     cluster.worker = cluster.start_worker()
-    _wait(lambda: _healthy(urls["head"], 2) and _healthy(urls["worker"], 2), spec.timeout_s, "the restarted node")
+    wait_for(lambda: _healthy(urls["head"], 2) and _healthy(urls["worker"], 2), spec.timeout_s, "the restarted node")
     return {"lost_noticed_s": round(noticed, 2), "served_by_head_meanwhile": served_meanwhile,
             "restart_to_serving_s": round(time.monotonic() - began, 2), "replica_nodes": _replica_nodes(),
             "served_after": _served(urls, tasks, spec.predictions), "cached_files": cluster.cached_files()}
@@ -206,14 +206,6 @@ def _healthy(url: str, replicas: int) -> bool:
             return json.loads(response.read())["replicas"] == replicas
     except (OSError, ValueError, KeyError):
         return False
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(0.2)
 
 
 def format_cluster(doc: dict) -> str:

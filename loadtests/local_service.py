@@ -7,7 +7,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..deploy.process import init_ray
 from .metrics_sampler import resident_memory
@@ -34,17 +34,26 @@ def deploy_and_wait(app, name: str, url: str, path: str = "/healthz", timeout_s:
     """Deploys `app` and waits until `url + path` answers 200; the seconds that took."""
     from ray import serve
 
-    began = time.monotonic()
     serve.run(app, name=name, route_prefix="/", blocking=False)
-    while time.monotonic() - began < timeout_s:
-        try:
-            with urllib.request.urlopen(url + path, timeout=10) as response:
-                if response.status == 200:
-                    return time.monotonic() - began
-        except OSError:
-            pass
+    return wait_for(lambda: _answers(url + path), timeout_s, f"{url}{path} to answer")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Polls `condition` until it holds; the seconds that took."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout_s:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
         time.sleep(0.1)
-    raise TimeoutError(f"{url}{path} did not answer within {timeout_s} s")
+    return time.monotonic() - began
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def serving_memory_mib(url: str) -> float:
