@@ -1,1 +1,1 @@
-"""mosaserve.deploy (grows with later issues)."""
+"""The served application on Ray Serve: the ingress, the serving replicas, the task board and the training sidecar."""

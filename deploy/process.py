@@ -1,7 +1,7 @@
 """Process settings for serving: a heap the collector leaves alone, a lower OS priority, Ray's inline-call size.
 
-- Garbage collection: a full collection walks every container object a replica holds (about
-  500,000 once torch, timm, Ray and Serve are loaded) with the interpreter lock held, stalling every
+- Garbage collection: a full collection walks every container object a replica holds (hundreds of
+  thousands once torch, timm, Ray and Serve are loaded) with the interpreter lock held, stalling every
   request in flight (BENCHMARKS.md); what exists once a process has started is moved out of its sight.
 - Priority: processes whose work can wait (the task board, training) yield the cores to serving; Ray starts
   its workers, the serving replicas among them, at nice 15, so a trainer must go lower than that.

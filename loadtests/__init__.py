@@ -1,1 +1,1 @@
-"""mosaserve.loadtests (grows with later issues)."""
+"""Measurement tools: the HTTP load generator, the baselines it is compared with, and the benchmarks."""

@@ -53,8 +53,8 @@ def measure_against(scenarios: dict[str, Callable[[], object]], baseline: str, b
                     sync: Callable[[], None] = lambda: None) -> dict[str, Measured]:
     """Each scenario's throughput as a ratio to the baseline timed right before and right after it.
 
-    This machine's speed drifts by 10-25% within a minute (other tenants, clock changes), as much as
-    the effects measured here; so every scenario run is bracketed by two baseline runs, its ratio in
+    A shared machine's speed drifts within a minute (other tenants, clock changes) as much as the
+    effects measured here; so every scenario run is bracketed by two baseline runs, its ratio in
     a round is their mean time over its own, and the median over the rounds is reported. `sync`
     waits for the device (on a GPU a call returns when its kernels are queued, not done).
     """

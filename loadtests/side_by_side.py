@@ -41,8 +41,7 @@ TOKEN = "side-by-side-admin"
 class CompareSpec:
     backbone: BackboneSpec = BackboneSpec("vit_tiny_patch16_224")  # seeded random weights: speed does not depend on them
     # Every system computes here, the baseline's per-task models too ("cuda" and "bfloat16" on a GPU; bfloat16
-    # also on a CPU with AMX, where it is 2-3x faster than float32 from 4 rows a batch on, or with avx512_bf16
-    # alone, 1.7-1.9x at any batch size: BENCHMARKS.md).
+    # also pays on a CPU with AMX or avx512_bf16: BENCHMARKS.md).
     device: str = "cpu"
     dtype: str = "float32"
     task_counts: tuple[int, ...] = (10, 100)

@@ -1,1 +1,1 @@
-"""mosaserve.runtime (grows with later issues)."""
+"""The serving core without Ray: the adapter store, the bank of tasks, the mixed-task executor and the change feed."""

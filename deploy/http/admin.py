@@ -26,8 +26,8 @@ from ...runtime.task_ids import validate_task_id
 from ..config import ServeConfig
 from ..messages import ChangeReply
 from .bulk_upload import adapter_files
-from .errors import BadRequest, EmptyUpload, TooLarge, add_error_handlers
-from .requests import read_limited, require_admin
+from .errors import BadRequest, EmptyUpload, TooLarge, add_error_handlers, require_admin
+from .requests import read_limited
 
 MAX_SOURCE_BYTES = 64 << 10
 

@@ -2,10 +2,13 @@
 ({"error"} alone on the Open Inference Protocol's /v2 routes).
 
 Routes, replicas and the task board raise or return errors that say what went wrong; only this
-module turns them into HTTP statuses, through FastAPI exception handlers on both ports.
+module turns them into HTTP statuses, through FastAPI exception handlers on both ports. The admin
+routes' bearer-token check (`require_admin`) lives here too: its refusals are two of these errors.
 """
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -112,3 +115,14 @@ def add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_type, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _parameter_error)
+
+
+def require_admin(authorization: str | None, token: str | None) -> None:
+    """Admin routes (register, replace, remove, train) need `Authorization: Bearer <admin token>`."""
+    if not token:
+        raise AdminDisabled("admin routes are disabled: no admin token is configured "
+                            "(set MOSASERVE_ADMIN_TOKEN or admin_token in the config)")
+    scheme, _, given = (authorization or "").partition(" ")
+    # Compare in constant time so the token cannot be guessed byte by byte from response times.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("missing or wrong admin token: send Authorization: Bearer <token>")

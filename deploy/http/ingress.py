@@ -19,14 +19,14 @@ from ..admission import DEADLINE_HEADER, IngressAdmission
 from ..config import MAX_TOP_K, ServeConfig
 from ..messages import PredictItem, RowReply
 from ..observability.metrics import RequestMetrics, exposition, merge_expositions
-from ..observability.push import report_metrics_forever
+from ..observability.metrics import report_metrics_forever
 from ..observability.task_labels import OTHER_TASK, TaskLabels
 from ..process import freeze_startup_heap
 from ..training.jobs import MAX_TRAIN_REQUEST_BYTES, parse_train_request
 from .admin import register_task, register_tasks, remove_task
-from .errors import BadRequest, NotFound, TooLarge, add_error_handlers, status_of
+from .errors import BadRequest, NotFound, TooLarge, add_error_handlers, require_admin, status_of
 from .open_inference import HEADER_LENGTH, infer_response, model_metadata, parse_infer_request
-from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited, require_admin
+from .requests import PixelsInFlight, deadline_of, images_from_body, json_document, read_limited
 
 app = FastAPI(title="mosaserve", version=__version__,
               description="One frozen ViT, many tasks: merged MoSA adapters picked per request by task id.")
@@ -390,8 +390,8 @@ class Ingress:
     async def metrics(self) -> Response:
         """Prometheus metrics of every process of the application (labelled by replica)."""
         texts = await self.board.metric_texts.remote()
-        # Rendering this process's text takes about 0.1 ms per task it has seen (BENCHMARKS.md): in a thread,
-        # so this event loop keeps taking requests (slowed still, as the render holds the interpreter lock).
+        # Rendering grows with every task this process has seen (BENCHMARKS.md): in a thread, so this event
+        # loop keeps taking requests.
         return Response(await asyncio.to_thread(self._merged_metrics, texts), media_type=CONTENT_TYPE_LATEST)
 
     def _merged_metrics(self, texts: dict[str, str]) -> bytes:

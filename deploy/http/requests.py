@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import time
 from typing import AsyncIterator
 
 from ...runtime.errors import ServiceBusyError
-from .errors import AdminDisabled, BadRequest, TooLarge, Unauthorized
+from .errors import BadRequest, TooLarge
 
 
 def deadline_of(timeout_ms: int | None, default_s: float) -> float:
@@ -24,17 +23,6 @@ def deadline_of(timeout_ms: int | None, default_s: float) -> float:
     default, never lengthen it, so one client cannot hold the queues longer than the operator allows."""
     budget_s = default_s if timeout_ms is None else min(default_s, timeout_ms / 1000)
     return time.time() + budget_s
-
-
-def require_admin(authorization: str | None, token: str | None) -> None:
-    """Admin routes (register, replace, remove, train) need `Authorization: Bearer <admin token>`."""
-    if not token:
-        raise AdminDisabled("admin routes are disabled: no admin token is configured "
-                            "(set MOSASERVE_ADMIN_TOKEN or admin_token in the config)")
-    scheme, _, given = (authorization or "").partition(" ")
-    # Compare in constant time so the token cannot be guessed byte by byte from response times.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized("missing or wrong admin token: send Authorization: Bearer <token>")
 
 
 async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None, limit: int, what: str) -> bytes:

@@ -2,10 +2,13 @@
 
 Each serving process records into its own registry; the served application gathers every
 process's exposition text and `merge_expositions` joins them under a `replica` label, so one
-scrape of the service returns the metrics of every replica.
+scrape of the service returns the metrics of every replica. Processes that do not serve (ingress,
+sidecar) push their text to the task board every few seconds (`report_metrics_forever`).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
                                generate_latest)
@@ -133,7 +136,7 @@ def merge_expositions(texts: dict[str, str]) -> bytes:
 
     Line by line, without parsing: in each text (from `exposition`) a family's HELP and TYPE lines come
     before its samples, so a family's header is taken from the first text that has it and every sample
-    line gets a `replica` label put first. Parsing and re-rendering took 28 ms per 100 tasks' metrics."""
+    line gets a `replica` label put first."""
     header_of: dict[str, str] = {}  # family -> the source its header lines were taken from
     lines: dict[str, list[str]] = {}  # family -> header lines, then every source's samples, in order
     for source, text in sorted(texts.items()):
@@ -181,3 +184,19 @@ class TrainingMetrics:
                           registry=registry)
         self.accuracy = Gauge("mosaserve_training_test_accuracy", "Held-out accuracy of the trained file, per task.",
                               ["task"], registry=registry)
+
+
+# As often as deploy/observability/prometheus.yml scrapes: the ingress's text takes longer to render with every task it
+# has seen (BENCHMARKS.md), and a scrape reads the ingress it lands on fresh anyway.
+PUSH_EVERY_S = 5.0
+
+
+async def report_metrics_forever(board, process_id: str, registry: CollectorRegistry,
+                                 every_s: float = PUSH_EVERY_S) -> None:
+    while True:
+        try:
+            text = await asyncio.to_thread(exposition, registry)  # not on the event loop that serves requests
+            await board.report_metrics.remote(process_id, text)
+        except Exception:  # noqa: BLE001 - the board restarting must not end the loop
+            pass
+        await asyncio.sleep(every_s)

@@ -30,7 +30,7 @@ from ...adapters.backbone import load_backbone
 from ...adapters.task_training import TrainedTask
 from ..observability.metrics import TrainingMetrics
 from ..config import ServeConfig
-from ..observability.push import report_metrics_forever
+from ..observability.metrics import report_metrics_forever
 from ..process import background_torch_threads, yield_to_serving
 from .records import JobRecord, JobRecords
 from .run import JobCancelled, run_job

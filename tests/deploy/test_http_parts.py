@@ -15,8 +15,8 @@ from PIL import Image
 
 from mosaserve.adapters.images import BadImageError, ImageTooLargeError, decode_image
 from mosaserve.deploy.config import ServeConfig, ServeConfigError, ServeFile, read_serve_file
-from mosaserve.deploy.http.errors import RequestError, status_of
-from mosaserve.deploy.http.requests import images_from_body, read_limited, require_admin
+from mosaserve.deploy.http.errors import RequestError, require_admin, status_of
+from mosaserve.deploy.http.requests import images_from_body, read_limited
 
 SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 
