@@ -18,7 +18,19 @@ def is_finite_number(value: float | int) -> bool:
     except OverflowError:
         return False
 
-METHODS = ("mosa", "adapter", "lora", "linear")
+class Method(str, enum.Enum):
+    """How a task's adapter is trained; a str, so it equals and serialises as its value."""
+
+    MOSA = "mosa"  # sparse experts trained stochastically, merged into one bottleneck adapter
+    ADAPTER = "adapter"  # a dense parallel bottleneck adapter
+    LORA = "lora"  # low-rank deltas on the fused qkv
+    LINEAR = "linear"  # the head alone: the linear probe
+
+    def __str__(self) -> str:
+        return self.value
+
+
+METHODS = tuple(Method)
 
 
 class AdapterKind(str, enum.Enum):
@@ -35,15 +47,23 @@ class AdapterKind(str, enum.Enum):
 
 # What a merged adapter of each method looks like at inference: MoSA merges into a standard
 # bottleneck adapter, so the runtime sees only three kinds.
-KIND_OF_METHOD: dict[str, AdapterKind] = {
-    "mosa": AdapterKind.BOTTLENECK, "adapter": AdapterKind.BOTTLENECK,
-    "lora": AdapterKind.LORA, "linear": AdapterKind.HEAD_ONLY,
+KIND_OF_METHOD: dict[Method, AdapterKind] = {
+    Method.MOSA: AdapterKind.BOTTLENECK, Method.ADAPTER: AdapterKind.BOTTLENECK,
+    Method.LORA: AdapterKind.LORA, Method.LINEAR: AdapterKind.HEAD_ONLY,
 }
 
-# What a task's head reads: "tokens" maps every patch token through a low-rank projection and keeps
-# where it was (adapters/heads.py); "pooled" is a linear map of the backbone's pooled features, the
-# only head of format 1 files, which are still served.
-HEADS = ("tokens", "pooled")
+
+class Head(str, enum.Enum):
+    """What a task's head reads (adapters/heads.py); a str, so it equals and serialises as its value."""
+
+    TOKENS = "tokens"  # every patch token through a low-rank projection, keeping where it was
+    POOLED = "pooled"  # the backbone's pooled features: the only head of format 1 files, still served
+
+    def __str__(self) -> str:
+        return self.value
+
+
+HEADS = tuple(Head)
 
 
 def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
@@ -62,7 +82,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 class AdapterConfig:
     """How a task adapts the frozen backbone. Defaults follow the MoSA paper (VTAB-1k setting)."""
 
-    method: str = "mosa"
+    method: Method = Method.MOSA
     r: int = 16  # bottleneck width (adapter) or rank (LoRA)
     scale: float = 0.1  # s in x + MLP(LN2(x)) + s * adapter(x)
     dropout: float = 0.1  # inside the bottleneck
@@ -72,7 +92,7 @@ class AdapterConfig:
     mask_seed: int = 0  # MoSA: the expert masks are reproducible from this seed
     lora_alpha: float = 16.0  # LoRA scaling numerator (scaling = alpha / r)
     target_blocks: tuple[int, ...] | None = None  # None: every block
-    head: str = "tokens"
+    head: Head = Head.TOKENS
     head_rank: int = 16  # "tokens" head: features kept per patch token
 
     def __post_init__(self) -> None:
@@ -82,17 +102,19 @@ class AdapterConfig:
                 raise AdapterConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise AdapterConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        object.__setattr__(self, "method", Method(self.method))
         if self.r < 1:
             raise AdapterConfigError(f"r must be a positive integer, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.head not in HEADS:
             raise AdapterConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        object.__setattr__(self, "head", Head(self.head))
         if self.head_rank < 1:
             raise AdapterConfigError(f"head_rank must be a positive integer, got {self.head_rank}")
         if self.share not in SHARE_MODES:
             raise AdapterConfigError(f"share must be one of {SHARE_MODES}, got {self.share!r}")
-        if self.method == "mosa" and not 2 <= self.num_experts <= 255:
+        if self.method is Method.MOSA and not 2 <= self.num_experts <= 255:
             raise AdapterConfigError(f"num_experts must be in [2, 255] for MoSA, got {self.num_experts}")
         if self.consistency_weight < 0:
             raise AdapterConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from .bottleneck import LAYER_NORM_EPS
-from .config import AdapterConfig
+from .config import AdapterConfig, Head
 
 if TYPE_CHECKING:  # a type only: timm loads where a model is built
     from timm.models.vision_transformer import VisionTransformer
@@ -52,7 +52,7 @@ class TokenMapHead(nn.Module):
 
 
 def build_head(backbone: VisionTransformer, config: AdapterConfig, num_classes: int) -> nn.Module:
-    if config.head == "pooled":
+    if config.head is Head.POOLED:
         return PooledHead(backbone, num_classes)
     return TokenMapHead(backbone.num_features, backbone.num_prefix_tokens, backbone.patch_embed.num_patches,
                         config.head_rank, num_classes)
@@ -60,7 +60,7 @@ def build_head(backbone: VisionTransformer, config: AdapterConfig, num_classes: 
 
 def head_shapes(config: AdapterConfig, dim: int, num_patches: int, num_classes: int) -> dict[str, tuple[int, ...]]:
     """The head's tensors as named in an adapter file, with their shapes."""
-    if config.head == "pooled":
+    if config.head is Head.POOLED:
         return {"head.weight": (num_classes, dim), "head.bias": (num_classes,)}
     k = config.head_rank
     return {"head.norm.weight": (dim,), "head.norm.bias": (dim,), "head.down.weight": (k, dim), "head.down.bias": (k,),

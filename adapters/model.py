@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .backbone import freeze
 from .bottleneck import BottleneckAdapter
-from .config import AdapterConfig, AdapterKind
+from .config import AdapterConfig, AdapterKind, Method
 from .experts import ExpertSplit
 from .heads import build_head
 from .lora import LoRADelta
@@ -62,7 +62,7 @@ class AdaptedViT(nn.Module):
 
     def _build_adapter(self, index: int, merged: bool, draw_rng: random.Random) -> nn.Module:
         cfg, dim = self.config, self.backbone.num_features
-        if cfg.method == "mosa" and not merged:
+        if cfg.method is Method.MOSA and not merged:
             return MoSAAdapter(
                 dim, cfg.r, cfg.scale, cfg.dropout, cfg.num_experts, cfg.share,
                 mask_generator=_mask_generator(cfg.mask_seed, index), draw_rng=draw_rng,

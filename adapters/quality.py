@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .backbone import BackboneInfo, BackboneSpec, load_backbone
+from .config import Method
 from .datasets import load_dataset
 from .image_dataset import ImageDataset
 from .embedded import EMBEDDED_BACKBONE
@@ -38,7 +39,7 @@ METHOD_ORDER = (PIXELS, "linear", "adapter", "lora", "mosa")
 
 def rank_for(method: str, r: int) -> int:
     """LoRA's rank that gives it the trainable parameters of a bottleneck of width r."""
-    return max(1, r // 2) if method == "lora" else r
+    return max(1, r // 2) if method == Method.LORA else r
 
 
 def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],

@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import random_shift
+from .config import Method
 from .errors import AdapterConfigError
 from .model import AdaptedViT
 from .optim import ExpertAdamW
@@ -103,7 +104,7 @@ def task_loss(model: AdaptedViT, images: Tensor, labels: Tensor, label_smoothing
     logits = model(images)
     loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     weight = model.config.consistency_weight
-    if model.config.method == "mosa" and weight > 0:
+    if model.config.method is Method.MOSA and weight > 0:
         loss = loss + weight * symmetric_kl(logits, model(images))
     return loss
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters.bottleneck import LAYER_NORM_EPS
+from ..adapters.config import Head
 from ..adapters.taps import Tap, parallel_mlp_tap, qkv_tap
 from .bank import AdapterBank, TaskRecord
 from .compute_clock import ComputeClock
@@ -164,7 +165,7 @@ class MixedTaskExecutor:
         return results, BatchTimings(seconds["total"], seconds.get("adapter", 0.0), seconds.get("head", 0.0))
 
     def _heads(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> list[RowResult]:
-        inputs = {"pooled": self._pooled(plan, tokens, task_ids), "tokens": self._normed_patches(plan, tokens)}
+        inputs = {Head.POOLED: self._pooled(plan, tokens, task_ids), Head.TOKENS: self._normed_patches(plan, tokens)}
         results: list[RowResult | None] = [None] * len(task_ids)
         for group in plan.groups:
             logits = group.adapter.head(inputs[group.adapter.head.reads].index_select(0, group.rows))
@@ -172,18 +173,18 @@ class MixedTaskExecutor:
                 results[row] = RowResult(group.adapter.task_id, group.adapter.version, row_logits)
         for row, task_id in enumerate(task_ids):
             if task_id is None:
-                results[row] = RowResult(None, None, inputs["pooled"][row])
+                results[row] = RowResult(None, None, inputs[Head.POOLED][row])
         return results  # type: ignore[return-value]
 
     def _pooled(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> Tensor | None:
         """The backbone's own pooled features, where a bare row or a format 1 head reads them."""
-        if None in task_ids or any(g.adapter.head.reads == "pooled" for g in plan.groups):
+        if None in task_ids or any(g.adapter.head.reads is Head.POOLED for g in plan.groups):
             return self.backbone.forward_head(tokens, pre_logits=True)
         return None
 
     def _normed_patches(self, plan: BatchPlan, tokens: Tensor) -> Tensor | None:
         """The patch tokens normalised without affine, once for every token head of the batch."""
-        if not any(g.adapter.head.reads == "tokens" for g in plan.groups):
+        if not any(g.adapter.head.reads is Head.TOKENS for g in plan.groups):
             return None
         patches = tokens[:, self.backbone.num_prefix_tokens :]
         return F.layer_norm(patches, patches.shape[-1:], self._unit_scale, eps=LAYER_NORM_EPS)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.config import AdapterConfig, AdapterKind
+from ..adapters.config import AdapterConfig, AdapterKind, Head
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class PooledHeadWeights:
 
     weight: Tensor  # (C, D)
     bias: Tensor  # (C,)
-    reads = "pooled"
+    reads = Head.POOLED
 
     def __call__(self, pooled: Tensor) -> Tensor:
         return F.linear(pooled, self.weight, self.bias)
@@ -95,7 +95,7 @@ class TokenMapWeights:
     down_bias: Tensor  # (k,)
     out_weight: Tensor  # (C, N * k)
     out_bias: Tensor  # (C,)
-    reads = "tokens"
+    reads = Head.TOKENS
 
     def __call__(self, normed_patches: Tensor) -> Tensor:
         return F.linear(torch.addmm(self.down_bias, normed_patches.flatten(0, 1), self.down)
@@ -107,7 +107,7 @@ class TokenMapWeights:
 
 def resident_head(tensors: dict[str, Tensor], config: AdapterConfig, device: torch.device,
                   dtype: torch.dtype) -> PooledHeadWeights | TokenMapWeights:
-    if config.head == "pooled":
+    if config.head is Head.POOLED:
         return PooledHeadWeights(*(tensors[f"head.{n}"].to(device=device, dtype=dtype) for n in ("weight", "bias")))
     # Folded in float64, as the bottlenecks are.
     down = fold_norm_into(*(tensors[f"head.{n}"].to(torch.float64) for n in
