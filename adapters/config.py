@@ -57,10 +57,15 @@ class Head(str, enum.Enum):
     """What a task's head reads (adapters/heads.py); a str, so it equals and serialises as its value."""
 
     TOKENS = "tokens"  # every patch token through a low-rank projection, keeping where it was
+    TOKENS_MID = "tokens_mid"  # the same over each patch's final and middle-block tokens side by side
     POOLED = "pooled"  # the backbone's pooled features: the only head of format 1 files, still served
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def reads_patches(self) -> bool:
+        return self is not Head.POOLED
 
 
 HEADS = tuple(Head)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .atomic_write import write_atomically
 from .backbone import BackboneInfo
-from .config import AdapterConfig, AdapterKind, Head, is_finite_number
+from .config import AdapterConfig, AdapterKind, is_finite_number
 from .errors import AdapterConfigError, AdapterFileError, BackboneMismatchError
 from .heads import head_shapes
 
@@ -273,7 +273,7 @@ def parse_header(text: str) -> tuple[AdapterHeader, str]:
         # A wider bottleneck adds nothing a full-rank one cannot, and a mixed batch pads every row's
         # adapter to the widest r in it: one huge r would make every batch it joins that large.
         raise AdapterFileError(f"r = {adapter.r} is wider than the backbone ({header.backbone.num_features} features)")
-    if adapter.head is Head.TOKENS and header.backbone.num_patches is None:
+    if adapter.head.reads_patches and header.backbone.num_patches is None:
         raise AdapterFileError("a 'tokens' head needs the backbone's num_patches")
     return header, digest
 

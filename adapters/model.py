@@ -17,7 +17,7 @@ from .backbone import freeze
 from .bottleneck import BottleneckAdapter
 from .config import AdapterConfig, AdapterKind, Method
 from .experts import ExpertSplit
-from .heads import build_head
+from .heads import TokenMapHead, build_head
 from .lora import LoRADelta
 from .mosa import MoSAAdapter
 from .taps import Tap, adding, parallel_mlp_tap, qkv_tap
@@ -129,3 +129,5 @@ class AdaptedViT(nn.Module):
         for tap in self._taps:
             tap.remove()
         self._taps = []
+        if isinstance(self.head, TokenMapHead):
+            self.head.detach()

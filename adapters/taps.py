@@ -59,6 +59,26 @@ def parallel_mlp_tap(block: Block, update: Update) -> Tap:
     return Tap(block.norm2, block, update)
 
 
+class OutputCapture:
+    """Holds a module's latest output (a reference, no copy) until `take` reads it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._output: Tensor | None = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        self._output = output
+
+    def take(self) -> Tensor:
+        output, self._output = self._output, None
+        if output is None:
+            raise RuntimeError("the captured module did not run in this forward pass")
+        return output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 def qkv_tap(block: Block, update: Update) -> Tap:
     """A low-rank update on the block's fused qkv projection: update(x, qkv(x))."""
     return Tap(block.attn.qkv, block.attn.qkv, update)

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from ..adapters.backbone import BackboneInfo
-from ..adapters.config import Head
 from ..adapters.errors import AdapterFileError, BackboneMismatchError
 from ..adapters.file_format import DEFAULT_MAX_BYTES, AdapterFile, AdapterHeader, load_adapter
 from .errors import HostCopyLostError
@@ -64,7 +63,7 @@ def check_servable(header: AdapterHeader, info: BackboneInfo) -> None:
             f"adapter header describes a backbone of {claimed.depth} blocks x {claimed.num_features} features, "
             f"but the served backbone has {info.depth} x {info.num_features}"
         )
-    if header.adapter.head is Head.TOKENS and claimed.num_patches != info.num_patches:
+    if header.adapter.head.reads_patches and claimed.num_patches != info.num_patches:
         raise BackboneMismatchError(
             f"adapter head reads {claimed.num_patches} patch tokens, but the served backbone has {info.num_patches}"
         )

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..adapters.bottleneck import LAYER_NORM_EPS
 from ..adapters.config import Head
-from ..adapters.taps import Tap, parallel_mlp_tap, qkv_tap
+from ..adapters.heads import middle_block
+from ..adapters.taps import OutputCapture, Tap, parallel_mlp_tap, qkv_tap
 from .bank import AdapterBank, TaskRecord
 from .compute_clock import ComputeClock
 from .errors import UnknownTaskError
@@ -103,12 +104,15 @@ class MixedTaskExecutor:
         self._taps: list[Tap] = [
             parallel_mlp_tap(block, self._block_update_fn(index)) for index, block in enumerate(backbone.blocks)
         ] + [qkv_tap(block, self._qkv_update_fn(index)) for index, block in enumerate(backbone.blocks)]
+        # After the taps, so the middle block's output is read with every row's adapter applied.
+        self._middle = OutputCapture(backbone.blocks[middle_block(len(backbone.blocks))])
 
     def close(self) -> None:
         """Detaches the executor from the backbone."""
         for tap in self._taps:
             tap.remove()
         self._taps = []
+        self._middle.remove()
 
     def plan(self, task_ids: list[str | None], snapshot: Mapping[str, TaskRecord] | None = None) -> BatchPlan:
         """Resolves every row's task against one snapshot of the bank (all versions consistent)."""
@@ -165,7 +169,7 @@ class MixedTaskExecutor:
         return results, BatchTimings(seconds["total"], seconds.get("adapter", 0.0), seconds.get("head", 0.0))
 
     def _heads(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> list[RowResult]:
-        inputs = {Head.POOLED: self._pooled(plan, tokens, task_ids), Head.TOKENS: self._normed_patches(plan, tokens)}
+        inputs = self._head_inputs(plan, tokens, task_ids)
         results: list[RowResult | None] = [None] * len(task_ids)
         for group in plan.groups:
             logits = group.adapter.head(inputs[group.adapter.head.reads].index_select(0, group.rows))
@@ -176,16 +180,21 @@ class MixedTaskExecutor:
                 results[row] = RowResult(None, None, inputs[Head.POOLED][row])
         return results  # type: ignore[return-value]
 
-    def _pooled(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> Tensor | None:
-        """The backbone's own pooled features, where a bare row or a format 1 head reads them."""
-        if None in task_ids or any(g.adapter.head.reads is Head.POOLED for g in plan.groups):
-            return self.backbone.forward_head(tokens, pre_logits=True)
-        return None
+    def _head_inputs(self, plan: BatchPlan, tokens: Tensor, task_ids: list[str | None]) -> dict[Head, Tensor]:
+        """What the batch's heads read, each computed once for the batch: a bare row or a format 1 head the
+        backbone's pooled features, token heads the patch tokens normalised without affine."""
+        middle = self._middle.take()
+        reads = {g.adapter.head.reads for g in plan.groups}
+        inputs = {}
+        if None in task_ids or Head.POOLED in reads:
+            inputs[Head.POOLED] = self.backbone.forward_head(tokens, pre_logits=True)
+        if Head.TOKENS in reads or Head.TOKENS_MID in reads:
+            inputs[Head.TOKENS] = self._normed_patches(tokens)
+        if Head.TOKENS_MID in reads:
+            inputs[Head.TOKENS_MID] = torch.cat([inputs[Head.TOKENS], self._normed_patches(middle)], dim=-1)
+        return inputs
 
-    def _normed_patches(self, plan: BatchPlan, tokens: Tensor) -> Tensor | None:
-        """The patch tokens normalised without affine, once for every token head of the batch."""
-        if not any(g.adapter.head.reads is Head.TOKENS for g in plan.groups):
-            return None
+    def _normed_patches(self, tokens: Tensor) -> Tensor:
         patches = tokens[:, self.backbone.num_prefix_tokens :]
         return F.layer_norm(patches, patches.shape[-1:], self._unit_scale, eps=LAYER_NORM_EPS)
 

@@ -91,11 +91,11 @@ class PooledHeadWeights:
 class TokenMapWeights:
     """A token-map head with its LayerNorm affine folded into `down`, so a batch normalises its tokens once."""
 
-    down: Tensor  # (D, k)
+    down: Tensor  # (D, k), or (2D, k) reading the middle block's tokens too
     down_bias: Tensor  # (k,)
     out_weight: Tensor  # (C, N * k)
     out_bias: Tensor  # (C,)
-    reads = Head.TOKENS
+    reads: Head = Head.TOKENS
 
     def __call__(self, normed_patches: Tensor) -> Tensor:
         return F.linear(torch.addmm(self.down_bias, normed_patches.flatten(0, 1), self.down)
@@ -109,11 +109,13 @@ def resident_head(tensors: dict[str, Tensor], config: AdapterConfig, device: tor
                   dtype: torch.dtype) -> PooledHeadWeights | TokenMapWeights:
     if config.head is Head.POOLED:
         return PooledHeadWeights(*(tensors[f"head.{n}"].to(device=device, dtype=dtype) for n in ("weight", "bias")))
-    # Folded in float64, as the bottlenecks are.
-    down = fold_norm_into(*(tensors[f"head.{n}"].to(torch.float64) for n in
-                            ("down.weight", "down.bias", "norm.weight", "norm.bias")))
+    # Folded in float64, as the bottlenecks are; two norms side by side fold as one of twice the width.
+    exact = {name: t.to(torch.float64) for name, t in tensors.items() if name.startswith("head.")}
+    norms = ["head.norm"] + (["head.norm_mid"] if config.head is Head.TOKENS_MID else [])
+    down = fold_norm_into(exact["head.down.weight"], exact["head.down.bias"],
+                          torch.cat([exact[f"{n}.weight"] for n in norms]), torch.cat([exact[f"{n}.bias"] for n in norms]))
     folded = (*down, tensors["head.out.weight"], tensors["head.out.bias"])
-    return TokenMapWeights(*(t.to(device=device, dtype=dtype).contiguous() for t in folded))
+    return TokenMapWeights(*(t.to(device=device, dtype=dtype).contiguous() for t in folded), reads=config.head)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from mosaserve.adapters.errors import AdapterFileError, BackboneMismatchError
 from mosaserve.adapters.file_format import (
     METADATA_KEY, AdapterHeader, content_digest, encode_adapter, load_adapter,
 )
-from mosaserve.adapters.heads import PooledHead, TokenMapHead
+from mosaserve.adapters.heads import PooledHead, TokenMapHead, middle_block
 from mosaserve.adapters.loading import build_adapted_model
 from mosaserve.adapters.model import AdaptedViT
 from mosaserve.runtime.bank import AdapterBank
@@ -40,6 +40,22 @@ def test_token_head_parameters_follow_its_formula(tiny_backbone):
     model = AdaptedViT(backbone, AdapterConfig(method="linear", head_rank=4), num_classes=3)
     dim, patches, k, classes = 32, 16, 4, 3
     assert sum(p.numel() for p in model.head.parameters()) == 2 * dim + (dim + 1) * k + (patches * k + 1) * classes
+
+
+def test_a_middle_block_head_reads_that_block_with_its_adapter_beside_the_final_tokens(tiny_backbone, images):
+    backbone, _ = tiny_backbone
+    model = random_model(copy.deepcopy(backbone), seed=1, method="adapter", head="tokens_mid")
+    dim, patches, k, classes = 32, 16, 3, 3
+    assert sum(p.numel() for p in model.head.parameters()) == 4 * dim + (2 * dim + 1) * k + (patches * k + 1) * classes
+    seen = []
+    hook = model.backbone.blocks[middle_block(len(backbone.blocks))].register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.inference_mode():
+        logits = model(images)
+        final, middle = model.backbone.forward_features(images)[:, 1:], seen[-1][:, 1:]  # the adapter's delta included
+        head = model.head
+        both = torch.cat([head.norm(final), head.norm_mid(middle)], dim=-1)
+        torch.testing.assert_close(logits, head.out(head.down(both).flatten(1)))
+    hook.remove()
 
 
 def format_1_file(model: AdaptedViT, info) -> bytes:

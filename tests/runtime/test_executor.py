@@ -12,11 +12,13 @@ from mosaserve.runtime.executor import MixedTaskExecutor
 from .helpers import adapter_file, random_model
 
 # Tasks with different class counts, ranks, target blocks, a head-only (linear probe) task, LoRA tasks and
-# format 1's head on the pooled features ("e", "d" and "g" read the pooled features, the rest every token).
+# format 1's head on the pooled features ("e", "d" and "g" read the pooled features, "h" and "i" the final
+# and the middle block's tokens, the rest the final tokens).
 TASKS = {
     "a": dict(seed=1, classes=3), "b": dict(seed=2, classes=5, r=8), "c": dict(seed=3, classes=2, target_blocks=(1,)),
     "d": dict(seed=4, classes=4, method="linear", head="pooled"), "e": dict(seed=5, classes=7, head="pooled"),
     "f": dict(seed=6, classes=3, method="lora"), "g": dict(seed=7, classes=2, method="lora", r=2, target_blocks=(0, 2), head="pooled"),
+    "h": dict(seed=8, classes=4, head="tokens_mid"), "i": dict(seed=9, classes=3, method="lora", head="tokens_mid"),
 }
 
 
@@ -51,6 +53,8 @@ def reference_rows(references, backbone, images, task_ids):
         [None, None],
         ["f"] * 4,  # LoRA alone
         ["a", "f", "g", "d", None, "f", "g", "b"],  # LoRA mixed with bottleneck adapters, heads and bare rows
+        ["h", "a", "i", None, "e", "h"],  # middle-block heads beside every other head
+        ["h"] * 3,
     ],
 )
 def test_each_row_equals_its_task_alone(served, strategy, task_ids):
