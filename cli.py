@@ -17,7 +17,7 @@ def _numbers(text: str, kind=float) -> tuple:
 
 def _train_arguments_problem(args: argparse.Namespace) -> str | None:
     """What makes a training command fail, found before minutes of training rather than after."""
-    from .adapters.config import METHODS
+    from .adapters.config import HEADS, METHODS
     from .deploy.config import ADMIN_TOKEN_ENV
     from .runtime.errors import InvalidTaskIdError
     from .runtime.task_ids import validate_task_id
@@ -25,6 +25,8 @@ def _train_arguments_problem(args: argparse.Namespace) -> str | None:
     methods = args.methods.split(",")
     if unknown := [m for m in methods if m not in METHODS]:
         return f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}"
+    if args.head is not None and args.head not in HEADS:
+        return f"unknown head {args.head}: choose from {', '.join(HEADS)}"
     if args.task_id:
         if len(methods) != 1:
             return "--task-id names one task: train one method with it"
@@ -54,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(background_torch_threads())
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,
-                    args.test_size, cfg, progress=not args.no_progress)
+                    args.test_size, cfg, progress=not args.no_progress, head=args.head)
     print(format_rows(rows))
     if args.register:
         return _register_all(args, rows)
@@ -196,12 +198,17 @@ def _results(args: argparse.Namespace) -> int:
     from .adapters.embedded import EMBEDDED_BACKBONE
     from .adapters.quality import run_quality
     from .adapters.quality_tables import format_curves, format_quality, format_search
+    from .adapters.config import HEADS
     from .adapters.search import FULL_GRID, QUICK_GRID
 
+    if args.head is not None and args.head not in HEADS:
+        print(f"unknown head {args.head}: choose from {', '.join(HEADS)}", file=sys.stderr)
+        return 2
     spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
     grid = None if args.no_search else QUICK_GRID if args.quick else FULL_GRID
     report = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
-                         _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid)
+                         _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid,
+                         head=args.head)
     for table in (format_search(report["search"]), format_quality(report["rows"]), format_curves(report["rows"])):
         print(f"\n{table}")
     print(f"\nwritten: {args.out}")
@@ -321,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task-id", help="task id to register (default: the file name, e.g. mnist-mosa)")
     train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
     train.add_argument("--epochs", type=int, help="default: 10, or more for a small dataset to take 200 steps")
+    train.add_argument("--head", help="what the head reads: the final tokens (tokens, the "
+                       "default) or the final and the middle block's tokens (tokens_mid)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=3407)
@@ -378,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule only")
     search.add_argument("--no-search", action="store_true", help="train every method with the training defaults")
     results.add_argument("--test-size", type=int, default=500)
+    results.add_argument("--head", help="what every method's head reads: tokens (the default) or tokens_mid")
     results.add_argument("--out", default="out/results/quality.json")
     results.add_argument("--backbone", help="weights of the embedded layout to measure instead, e.g. a "
                                             "pretrain-backbone --out file (default: the embedded backbone)")

@@ -37,6 +37,7 @@ def run_demo(
     train_cfg: TrainConfig = TrainConfig(),
     progress: bool = True,
     backbone_spec: BackboneSpec = DEMO_BACKBONE,
+    head: str | None = None,
 ) -> list[DemoRow]:
     """Trains each method on `dataset` (a built-in name, folder:PATH or list:PATH) and writes its file."""
     backbone, info = load_backbone(backbone_spec)
@@ -46,7 +47,7 @@ def run_demo(
     train, test = split_for_training(data, train_size, test_size)
     rows = []
     for method in methods:
-        task = train_task(backbone, info, train, test, method, train_cfg, progress)
+        task = train_task(backbone, info, train, test, method, train_cfg, progress, head=head)
         path = write_atomically(out_dir / f"{data.name}-{method}.safetensors", task.file_bytes)
         rows.append(DemoRow(method, task.trainable_params, task.train_seconds, task.test_accuracy, path))
     return rows

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .backbone import BackboneInfo, BackboneSpec, load_backbone
-from .config import Method
+from .config import AdapterConfig, Method
 from .datasets import load_dataset
 from .image_dataset import ImageDataset
 from .embedded import EMBEDDED_BACKBONE
@@ -44,10 +44,10 @@ def rank_for(method: str, r: int) -> int:
 
 def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
                 epochs: int | None, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE, r: int = 16,
-                grid: SearchGrid | None = FULL_GRID) -> dict:
+                grid: SearchGrid | None = FULL_GRID, head: str | None = None) -> dict:
     """The report written to `out` (after every task and budget, so a long run keeps what it has done)."""
     backbone, info = load_backbone(spec)
-    meta = {"backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,
+    meta = {"head": str(head or AdapterConfig().head), "backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,
             "test_size": test_size, "grid": None if grid is None else asdict(grid),
             "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
     report: dict = {"meta": meta, "rows": [], "search": []}
@@ -61,7 +61,7 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
             train = data.subset(order[:size])
             report["rows"].append(_pixel_row(task, train, test))
             for method in methods:
-                trainer = MethodTrainer(backbone, info, method, rank_for(method, r))
+                trainer = MethodTrainer(backbone, info, method, rank_for(method, r), head)
                 _run_method(report, trainer, task, train, test, TrainConfig(epochs=epochs), seeds, grid)
             _write(out, report)
     return report
@@ -88,11 +88,12 @@ class MethodTrainer:
     info: BackboneInfo
     method: str
     rank: int
+    head: str | None = None
 
     def __call__(self, train: ImageDataset, held_out: ImageDataset, cfg: TrainConfig,
                  held_out_name: str = "val") -> TrainedTask:
         return train_task(self.backbone, self.info, train, held_out, self.method, cfg, r=self.rank,
-                          watch={"train": train, held_out_name: held_out})
+                          watch={"train": train, held_out_name: held_out}, head=self.head)
 
     def row(self, task: str, train: ImageDataset, test: ImageDataset, cfg: TrainConfig) -> dict:
         trained = self(train, test, cfg, "test")

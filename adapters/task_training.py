@@ -50,12 +50,14 @@ def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, tes
                cfg: TrainConfig, progress: bool = False,
                on_epoch: Callable[[int, float], None] | None = None, resume: TrainState | None = None,
                on_checkpoint: Callable[[TrainState], None] | None = None, r: int | None = None,
-               watch: dict[str, ImageDataset] | None = None) -> TrainedTask:
+               watch: dict[str, ImageDataset] | None = None, head: str | None = None) -> TrainedTask:
     """`resume` and `on_checkpoint` as in `train_adapter`: a run stopped at an epoch end continues exactly.
     `r`: bottleneck width or LoRA rank (default: AdapterConfig's). `watch`: image sets whose accuracy is
-    recorded during training (`TrainedTask.curve`; "train" names the training images themselves)."""
+    recorded during training (`TrainedTask.curve`; "train" names the training images themselves). `head`:
+    what the head reads (default: AdapterConfig's)."""
     prep = Preprocessor(info)
-    config = AdapterConfig(method=method) if r is None else AdapterConfig(method=method, r=r)
+    chosen = {name: value for name, value in (("r", r), ("head", head)) if value is not None}
+    config = AdapterConfig(method=method, **chosen)
     model = AdaptedViT(copy.deepcopy(backbone), config, len(train.class_names), seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     images = prep(train.images)

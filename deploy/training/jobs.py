@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ...adapters.config import METHODS
+from ...adapters.config import HEADS, METHODS
 from ...adapters.datasets import BUILTIN_DATASETS
 from ...runtime.task_ids import validate_task_id
 
@@ -34,6 +34,7 @@ class TrainRequest:
     task_id: str
     dataset: str  # resolved: a built-in name, or folder:/abs/path, list:/abs/path
     method: str = "mosa"
+    head: str | None = None  # None: AdapterConfig's default
     epochs: int | None = None  # None: the default schedule (TrainConfig)
     train_size: int = 1000
     test_size: int = 200
@@ -92,11 +93,13 @@ def parse_train_request(doc: Any, datasets_root: str | None) -> TrainRequest:
         raise TrainRequestError("the body must be a JSON object with task_id and dataset")
     unknown = set(doc) - {f for f in TrainRequest.__dataclass_fields__}
     if unknown or "task_id" not in doc or "dataset" not in doc:
-        raise TrainRequestError(f"needs task_id and dataset; optional: method, epochs, train_size, test_size, lr, seed"
+        raise TrainRequestError(f"needs task_id and dataset; optional: method, head, epochs, train_size, test_size, lr, seed"
                             f"{'; unknown: ' + str(sorted(unknown)) if unknown else ''}")
     validate_task_id(doc["task_id"])
     if doc.get("method", "mosa") not in METHODS:
         raise TrainRequestError(f"method must be one of {METHODS}")
+    if doc.get("head", HEADS[0]) not in HEADS:
+        raise TrainRequestError(f"head must be one of {HEADS}")
     for name, (low, high) in LIMITS.items():
         if name not in doc:
             continue

@@ -57,7 +57,7 @@ def run_job(job: JobStatus, request: TrainRequest, records: JobRecords, backbone
 
     on_epoch = _epoch_end_handler(job, request, records, on_epoch_end)
     trained = train_task(backbone, info, train, test, request.method, cfg, on_epoch=on_epoch, resume=resume,
-                         on_checkpoint=save_checkpoint)
+                         on_checkpoint=save_checkpoint, head=request.head)
     job.test_accuracy = trained.test_accuracy
     records.save(request, job)
     return trained

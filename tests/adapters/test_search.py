@@ -1,15 +1,20 @@
+import copy
 import math
 
 import torch
 
 from mosaserve.adapters.backbone import load_backbone
+from mosaserve.adapters.config import Head
 from mosaserve.adapters.datasets import load_builtin
+from mosaserve.adapters.file_format import load_adapter
 from mosaserve.adapters.image_dataset import train_test_split
+from mosaserve.adapters.loading import build_adapted_model
+from mosaserve.adapters.preprocess import Preprocessor
 from mosaserve.adapters.quality import MethodTrainer, run_quality
 from mosaserve.adapters.quality_tables import format_curves, format_search
 from mosaserve.adapters.search import SearchCell, SearchGrid, _preference, search_settings, validation_split
 from mosaserve.adapters.task_training import train_task
-from mosaserve.adapters.training import TrainConfig
+from mosaserve.adapters.training import TrainConfig, accuracy
 
 from ..conftest import TINY_VIT
 
@@ -46,6 +51,17 @@ def test_recording_a_curve_does_not_change_what_is_trained():
     assert [p["epoch"] for p in watched.curve] == [1, 2, 3]
     assert all(0 <= p["train_accuracy"] <= 1 and 0 <= p["test_accuracy"] <= 1 and p["loss"] > 0 for p in watched.curve)
     assert [p["loss"] for p in watched.curve] == [round(loss, 5) for loss in watched.epoch_losses]
+
+
+def test_a_task_trained_with_the_middle_block_head_says_so_in_its_file_and_serves_what_it_tested():
+    backbone, info = load_backbone(TINY_VIT)
+    train, test = train_test_split(load_builtin("digits"), 60, 30, seed=0)
+    trained = train_task(backbone, info, train, test, "adapter", TrainConfig(epochs=2, batch_size=16), r=4,
+                         head="tokens_mid")
+    loaded = load_adapter(trained.file_bytes, info.fingerprint)
+    assert loaded.header.adapter.head is Head.TOKENS_MID and "head.norm_mid.weight" in loaded.tensors
+    model = build_adapted_model(copy.deepcopy(backbone), info, loaded)
+    assert accuracy(model, Preprocessor(info)(test.images), test.labels) == trained.test_accuracy
 
 
 def test_the_search_tries_every_lr_then_longer_schedules_at_the_best_and_keeps_the_best_on_validation():

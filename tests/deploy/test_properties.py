@@ -105,7 +105,7 @@ def test_base64_image_lists_decode_to_their_bytes_or_413(images, max_images):
 TRAIN_FIELDS = st.fixed_dictionaries(
     {"task_id": st.text(max_size=20) | st.from_regex(DOCUMENTED_ID, fullmatch=True), "dataset": st.text(max_size=30)
      | st.sampled_from(["digits", "mnist", "folder:shapes", "folder:../x", "list:/etc/passwd", "folder:a\0b"])},
-    optional={"method": JSON_VALUES, "epochs": JSON_VALUES, "train_size": JSON_VALUES, "test_size": JSON_VALUES,
+    optional={"method": JSON_VALUES, "head": JSON_VALUES | st.sampled_from(["tokens", "tokens_mid"]), "epochs": JSON_VALUES, "train_size": JSON_VALUES, "test_size": JSON_VALUES,
               "lr": JSON_VALUES, "seed": JSON_VALUES, "extra": JSON_VALUES},
 )
 
@@ -122,6 +122,7 @@ def test_training_requests_parse_or_are_refused_with_400(datasets_root, doc):
     assert isinstance(request, TrainRequest) and validate_task_id(request.task_id)
     assert 0 < request.lr <= 1 and (request.epochs is None or 1 <= request.epochs <= 1000)
     assert request.epochs is None or "epochs" in doc  # left out, it is the default schedule
+    assert request.head in (None, "tokens", "tokens_mid", "pooled")
 
 
 @QUICK
