@@ -208,7 +208,7 @@ def _results(args: argparse.Namespace) -> int:
     grid = None if args.no_search else QUICK_GRID if args.quick else FULL_GRID
     report = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
                          _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid,
-                         head=args.head)
+                         head=args.head, splits=_numbers(args.splits, int))
     for table in (format_search(report["search"]), format_quality(report["rows"]), format_curves(report["rows"])):
         print(f"\n{table}")
     print(f"\nwritten: {args.out}")
@@ -387,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule only")
     search.add_argument("--no-search", action="store_true", help="train every method with the training defaults")
     results.add_argument("--test-size", type=int, default=500)
+    results.add_argument("--splits", default="0", help="seeds of the train/test splits; several average a small "
+                         "task over test sets (faces tests on 100 crops, where one split decides by a few images)")
     results.add_argument("--head", help="what every method's head reads: tokens (the default) or tokens_mid")
     results.add_argument("--out", default="out/results/quality.json")
     results.add_argument("--backbone", help="weights of the embedded layout to measure instead, e.g. a "

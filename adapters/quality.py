@@ -44,27 +44,38 @@ def rank_for(method: str, r: int) -> int:
 
 def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
                 epochs: int | None, test_size: int, out: Path, spec: BackboneSpec = EMBEDDED_BACKBONE, r: int = 16,
-                grid: SearchGrid | None = FULL_GRID, head: str | None = None) -> dict:
-    """The report written to `out` (after every task and budget, so a long run keeps what it has done)."""
+                grid: SearchGrid | None = FULL_GRID, head: str | None = None, splits: tuple[int, ...] = (0,)) -> dict:
+    """The report written to `out` (after every task and budget, so a long run keeps what it has done).
+    `splits`: the seeds of the permutations that split each task into training and test images."""
     backbone, info = load_backbone(spec)
-    meta = {"head": str(head or AdapterConfig().head), "backbone": info.name, "checkpoint": spec.checkpoint, "fingerprint": info.fingerprint, "epochs": epochs,
-            "test_size": test_size, "grid": None if grid is None else asdict(grid),
+    meta = {"head": str(head or AdapterConfig().head), "backbone": info.name, "checkpoint": spec.checkpoint,
+            "fingerprint": info.fingerprint, "epochs": epochs, "test_size": test_size, "splits": list(splits),
+            "grid": None if grid is None else asdict(grid),
             "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
     report: dict = {"meta": meta, "rows": [], "search": []}
+    trainers = [MethodTrainer(backbone, info, method, rank_for(method, r), head) for method in methods]
     for task in tasks:
         data = load_dataset(task, info.input_size[-1])
-        # One seed-0 permutation per task: the last images are the test set of every run.
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-        held_out = min(test_size, len(data) // 2)
-        test = data.subset(order[-held_out:])
-        for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
-            train = data.subset(order[:size])
-            report["rows"].append(_pixel_row(task, train, test))
-            for method in methods:
-                trainer = MethodTrainer(backbone, info, method, rank_for(method, r), head)
-                _run_method(report, trainer, task, train, test, TrainConfig(epochs=epochs), seeds, grid)
-            _write(out, report)
+        for split in splits:
+            # One permutation per task and split: its last images are the test set of every run.
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(split))
+            held_out = min(test_size, len(data) // 2)
+            test = data.subset(order[-held_out:])
+            for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
+                _run_budget(report, trainers, task, data.subset(order[:size]), test, split,
+                            TrainConfig(epochs=epochs), seeds, grid)
+                _write(out, report)
     return report
+
+
+def _run_budget(report: dict, trainers: list["MethodTrainer"], task: str, train: ImageDataset, test: ImageDataset,
+                split: int, base: TrainConfig, seeds: tuple[int, ...], grid: SearchGrid | None) -> None:
+    first = len(report["rows"])
+    report["rows"].append(_pixel_row(task, train, test))
+    for trainer in trainers:
+        _run_method(report, trainer, task, train, test, base, seeds, grid)
+    for row in report["rows"][first:]:
+        row["split"] = split
 
 
 def _run_method(report: dict, trainer: "MethodTrainer", task: str, train: ImageDataset, test: ImageDataset,

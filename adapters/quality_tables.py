@@ -8,7 +8,7 @@ from .quality import METHOD_ORDER, PIXELS
 
 
 def format_quality(rows: list[dict]) -> str:
-    lines = ["| task | train images | method | r | lr, epochs | trainable params | test accuracy % (mean ± sd over seeds) "
+    lines = ["| task | train images | method | r | lr, epochs | trainable params | test accuracy % (mean ± sd over seeds and splits) "
              "| train s (mean) |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for task, size, method, runs in _groups(rows):

@@ -87,6 +87,25 @@ def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
     assert json.loads((tmp_path / "q.json").read_text())["rows"] == rows
 
 
+def test_several_splits_test_each_method_on_other_images_and_the_table_pools_them(tmp_path):
+    from mosaserve.adapters.pixel_baseline import pixel_logistic_regression
+    from mosaserve.adapters.quality import run_quality
+    from mosaserve.adapters.quality_tables import format_quality
+
+    from ..conftest import TINY_VIT
+
+    report = run_quality(("digits",), (40,), ("linear",), (0,), epochs=1, test_size=30, out=tmp_path / "q.json",
+                         spec=TINY_VIT, r=4, grid=None, splits=(0, 7))
+    rows = report["rows"]
+    assert [(r["method"], r["split"]) for r in rows] == [("pixel logistic regression", 0), ("linear", 0),
+                                                       ("pixel logistic regression", 7), ("linear", 7)]
+    data = load_builtin("digits")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(7))  # split 7's own test images
+    expected = pixel_logistic_regression(data.subset(order[:40]), data.subset(order[-30:])).test_accuracy
+    assert rows[2]["test_accuracy"] == expected and report["meta"]["splits"] == [0, 7]
+    assert "| digits | 40 | linear | - | 0.005, 1 |" in format_quality(rows) and "(n=2)" in format_quality(rows)
+
+
 def test_pixel_logistic_regression_is_the_baseline_a_skeptic_would_ask_for():
     """scikit-learn's LogisticRegression(C=1.0) on raw 8x8 digits: well above chance, the same on every call."""
     from mosaserve.adapters.pixel_baseline import pixel_logistic_regression
