@@ -29,9 +29,10 @@ from ..runtime.device import local_device, serving_dtype
 from ..runtime.executor import MixedTaskExecutor
 
 
-def random_task(backbone, info, method: str, r: int, seed: int, classes: int = 10) -> tuple[AdapterFile, AdaptedViT]:
+def random_task(backbone, info, method: str, r: int, seed: int, classes: int = 10,
+                head: str = "tokens") -> tuple[AdapterFile, AdaptedViT]:
     torch.manual_seed(seed)
-    model = AdaptedViT(copy.deepcopy(backbone), AdapterConfig(method=method, r=r), classes).eval()
+    model = AdaptedViT(copy.deepcopy(backbone), AdapterConfig(method=method, r=r, head=head), classes).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -100,8 +101,9 @@ def bench_model(spec: BackboneSpec, batch: int, repeats: int, r: int, num_tasks:
     tasks = [random_task(backbone, info, "mosa", r, seed) for seed in range(num_tasks)]
     standard, _ = random_task(backbone, info, "adapter", r, 999)
     lora_tasks = [random_task(backbone, info, "lora", r, 2000 + seed) for seed in range(min(32, num_tasks))]
-    bank = AdapterBank(info, device, dtype, max_resident=num_tasks + len(lora_tasks) + 1)
-    for prefix, group in (("t", tasks), ("lora", lora_tasks)):
+    mid_tasks = [random_task(backbone, info, "mosa", r, 3000 + seed, head="tokens_mid")[0] for seed in range(num_tasks)]
+    bank = AdapterBank(info, device, dtype, max_resident=2 * num_tasks + len(lora_tasks) + 1)
+    for prefix, group in (("t", tasks), ("lora", lora_tasks), ("mid", [(file, None) for file in mid_tasks])):
         for i, (file, _) in enumerate(group):
             bank.register(f"{prefix}{i}", file, version=1)
     bank.register("standard", standard, version=1)
@@ -122,6 +124,10 @@ def bench_model(spec: BackboneSpec, batch: int, repeats: int, r: int, num_tasks:
                        ("all rows distinct", [f"t{i % num_tasks}" for i in range(batch)])]:
         for strategy in ("grouped", "gathered"):
             scenarios[f"{label} [{strategy}]"] = ExecutorScenario(active, strategy, images, ids)
+    # Half the rows' heads read the middle block too: both kinds of token head in one batch.
+    mixed_heads = [f"{'mid' if i % 2 else 't'}{i % num_tasks}" for i in range(batch)]
+    scenarios["all rows distinct, half with middle-block heads [gathered]"] = ExecutorScenario(
+        active, "gathered", images, mixed_heads)
     lora_ids = [f"lora{i % len(lora_tasks)}" for i in range(batch)]
     scenarios[f"{len(lora_tasks)} LoRA tasks [grouped]"] = ExecutorScenario(active, "grouped", images, lora_ids)
     if peft_run is not None:

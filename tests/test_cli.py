@@ -66,7 +66,8 @@ def test_bench_runtime_writes_every_scenario_as_a_ratio_to_the_backbone(tmp_path
     rows = {row["scenario"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows["backbone only"]["ratio_to_backbone"] == 1.0
     executor_rows = ["bare rows through the executor", "1 task (MoSA) [grouped]", "1 task (MoSA) [gathered]",
-                     "all rows distinct [grouped]", "all rows distinct [gathered]", "2 LoRA tasks [grouped]"]
+                     "all rows distinct [grouped]", "all rows distinct [gathered]", "2 LoRA tasks [grouped]",
+                     "all rows distinct, half with middle-block heads [gathered]"]
     baselines = ["baseline: swap weights per request (2 tasks)", "baseline: one model per task (2 tasks)"]
     for label in executor_rows + baselines:
         row = rows[label]
