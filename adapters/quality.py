@@ -108,7 +108,7 @@ class MethodTrainer:
 
     def row(self, task: str, train: ImageDataset, test: ImageDataset, cfg: TrainConfig) -> dict:
         trained = self(train, test, cfg, "test")
-        print(f"{task:>8} {len(train):>5} {self.method:>8} seed {cfg.seed} (lr {cfg.lr:g}, {cfg.epochs} epochs): "
+        print(f"{task:>8} {len(train):>5} {self.method:>8} seed {cfg.seed} (lr {cfg.lr:g}, {cfg.epochs_for(len(train))} epochs): "
               f"{trained.test_accuracy:.2%}", flush=True)
         return {"task": task, "train_images": len(train), "test_images": len(test), "method": self.method,
                 "r": self.rank, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs_for(len(train)),
