@@ -107,11 +107,11 @@ class MethodTrainer:
                           watch={"train": train, held_out_name: held_out}, head=self.head)
 
     def row(self, task: str, train: ImageDataset, test: ImageDataset, cfg: TrainConfig) -> dict:
-        trained = self(train, test, cfg, "test")
-        print(f"{task:>8} {len(train):>5} {self.method:>8} seed {cfg.seed} (lr {cfg.lr:g}, {cfg.epochs_for(len(train))} epochs): "
+        trained, epochs = self(train, test, cfg, "test"), cfg.epochs_for(len(train))
+        print(f"{task:>8} {len(train):>5} {self.method:>8} seed {cfg.seed} (lr {cfg.lr:g}, {epochs} epochs): "
               f"{trained.test_accuracy:.2%}", flush=True)
         return {"task": task, "train_images": len(train), "test_images": len(test), "method": self.method,
-                "r": self.rank, "seed": cfg.seed, "lr": cfg.lr, "epochs": cfg.epochs_for(len(train)),
+                "r": self.rank, "seed": cfg.seed, "lr": cfg.lr, "epochs": epochs,
                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params,
                 "train_seconds": trained.train_seconds, "curve": list(trained.curve)}
 
