@@ -15,9 +15,15 @@ def _numbers(text: str, kind=float) -> tuple:
     return tuple(kind(v) for v in text.split(","))
 
 
+def _head_problem(head: str | None) -> str | None:
+    from .adapters.config import HEADS
+
+    return None if head is None or head in HEADS else f"unknown head {head}: choose from {', '.join(HEADS)}"
+
+
 def _train_arguments_problem(args: argparse.Namespace) -> str | None:
     """What makes a training command fail, found before minutes of training rather than after."""
-    from .adapters.config import HEADS, METHODS
+    from .adapters.config import METHODS
     from .deploy.config import ADMIN_TOKEN_ENV
     from .runtime.errors import InvalidTaskIdError
     from .runtime.task_ids import validate_task_id
@@ -25,8 +31,8 @@ def _train_arguments_problem(args: argparse.Namespace) -> str | None:
     methods = args.methods.split(",")
     if unknown := [m for m in methods if m not in METHODS]:
         return f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}"
-    if args.head is not None and args.head not in HEADS:
-        return f"unknown head {args.head}: choose from {', '.join(HEADS)}"
+    if problem := _head_problem(args.head):
+        return problem
     if args.task_id:
         if len(methods) != 1:
             return "--task-id names one task: train one method with it"
@@ -182,10 +188,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .adapters.pretraining import PretrainConfig, pretrain, save_embedded
 
     cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                         glyph_classes=args.glyph_classes, glyphs_per_batch=args.glyphs_per_batch)
-    report = lambda row: print(f"epoch {row['epoch']:>3}  loss {row['loss']:.4f}  "  # noqa: E731
-                               f"val acc {row['val_accuracy']:.2%}  glyph val acc {row['glyph_val_accuracy']}  "
-                               f"{row['seconds']:.0f} s", flush=True)
+                         glyph_classes=args.glyph_classes, glyphs_per_batch=args.glyphs_per_batch,
+                         shaded_classes=args.shaded_classes, shaded_per_batch=args.shaded_per_batch)
+    report = lambda row: print("  ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)  # noqa: E731
     backbone, result = pretrain(EMBEDDED_ARCHITECTURE, load_animal_mnist(), cfg, on_epoch=report)
     path = save_embedded(backbone, Path(args.out or EMBEDDED_CHECKPOINT), EMBEDDED_ARCHITECTURE, cfg, result)
     print(f"written: {path} (val accuracy {result.val_accuracy:.2%}, {result.seconds:.0f} s)")
@@ -198,11 +203,10 @@ def _results(args: argparse.Namespace) -> int:
     from .adapters.embedded import EMBEDDED_BACKBONE
     from .adapters.quality import run_quality
     from .adapters.quality_tables import format_curves, format_quality, format_search
-    from .adapters.config import HEADS
     from .adapters.search import FULL_GRID, QUICK_GRID
 
-    if args.head is not None and args.head not in HEADS:
-        print(f"unknown head {args.head}: choose from {', '.join(HEADS)}", file=sys.stderr)
+    if problem := _head_problem(args.head):
+        print(problem, file=sys.stderr)
         return 2
     spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
     grid = None if args.no_search else QUICK_GRID if args.quick else FULL_GRID
@@ -371,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--glyph-classes", type=int, default=1000, help="procedural stroke-glyph classes trained beside "
                      "(0: silhouettes only)")
     pre.add_argument("--glyphs-per-batch", type=int, default=64, help="glyph images added to each step's batch")
+    pre.add_argument("--shaded-classes", type=int, default=0, help="procedural shaded-blob classes trained beside "
+                     "(grey images with texture; 0: none)")
+    pre.add_argument("--shaded-per-batch", type=int, default=32, help="shaded-blob images added to each step's batch")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="cpu", help="cpu, or cuda for a larger run where a GPU is lent")
     pre.add_argument("--out", help="default: the package's adapters/weights/default_backbone.safetensors")

@@ -50,12 +50,19 @@ def test_train_register_reports_a_missing_token_and_an_unreachable_service(tmp_p
     (("--methods", "adapter,mosa", "--task-id", "digits"), "--task-id names one task"),
     (("--methods", "adapter,dora"), "unknown method(s) dora"),
     (("--methods", "adapter", "--task-id", "../etc"), "--task-id: invalid task id"),
+    (("--methods", "adapter", "--head", "pixels"), "unknown head pixels: choose from tokens, tokens_mid, pooled"),
 ])
 def test_train_refuses_bad_arguments_before_training_anything(tmp_path, extra, message):
     refused = run_cli("train", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--out", str(tmp_path),
                       "--no-progress", "--register", "http://127.0.0.1:9", "--token", "t", *extra)
     assert refused.returncode == 2 and message in refused.stderr
     assert not list(tmp_path.iterdir())  # nothing was trained
+
+
+def test_results_refuses_an_unknown_head_before_loading_anything(tmp_path):
+    refused = run_cli("results", "--head", "pixels", "--out", str(tmp_path / "q.json"))
+    assert refused.returncode == 2 and "unknown head pixels: choose from tokens" in refused.stderr
+    assert not (tmp_path / "q.json").exists()
 
 
 def test_bench_runtime_writes_every_scenario_as_a_ratio_to_the_backbone(tmp_path):
