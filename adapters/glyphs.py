@@ -32,7 +32,7 @@ class GlyphClasses:
         """One image of each label's class, freshly jittered."""
         count = len(labels)
         control = self.control[labels] + 0.035 * torch.randn(count, *self.control.shape[1:], generator=generator)
-        points = torch.einsum("tk,bskd->bstd", self.bezier, _random_affine(control, generator)) * self.size
+        points = torch.einsum("tk,bskd->bstd", self.bezier, random_affine(control, generator)) * self.size
         starts = points[:, :, :-1].reshape(count, -1, 2)  # segments (B, M, 2)
         steps = points[:, :, 1:].reshape(count, -1, 2) - starts
         drawn = self.present[labels].repeat_interleave(SAMPLES_PER_STROKE - 1, 1)  # (B, M)
@@ -45,7 +45,7 @@ class GlyphClasses:
         return (ink * 255).round().to(torch.uint8).view(count, 1, self.size, self.size)
 
 
-def _random_affine(control: Tensor, generator: torch.Generator) -> Tensor:
+def random_affine(control: Tensor, generator: torch.Generator) -> Tensor:
     """Rotation (+-0.3 rad), scale (0.8-1.1), shear (+-0.2) about the centre, then a shift (+-7.5%)."""
     count = len(control)
     angle = (torch.rand(count, generator=generator) - 0.5) * 0.6

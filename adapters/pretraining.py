@@ -1,9 +1,10 @@
-"""Pretraining the embedded default backbone: a small ViT trained from scratch on real silhouettes.
+"""Pretraining the embedded default backbone: a small ViT trained from scratch with labels.
 
 No pretrained weights can be downloaded here, so the project makes its own: the demo ViT
-(vit_tiny layout at 28 px, patch 4, 6 blocks) trained with labels on Animal-MNIST (10,000
-animal silhouettes). The downstream tasks (MNIST, scikit-learn digits) are not in that data,
-so adapter results on them measure transfer. The classifier head is dropped and the weights are
+(vit_tiny layout at 28 px, patch 4, 6 blocks) trained on Animal-MNIST (10,000 animal silhouettes)
+with generated formula classes beside them in every batch (stroke glyphs, glyphs.py; shaded blobs,
+shaded.py). The downstream tasks (MNIST, scikit-learn digits, LFW faces) are in none of it, so
+adapter results on them measure transfer. The classifier head is dropped and the weights are
 stored in float16 (about 5 MB) as `adapters/weights/default_backbone.safetensors` (see embedded.py).
 Rebuild: `pip install --no-deps animal-mnist==0.4 && mosaserve pretrain-backbone`.
 """
@@ -26,6 +27,7 @@ from .backbone import BackboneSpec, build_model, describe
 from .glyphs import GlyphClasses
 from .image_dataset import ImageDataset, train_test_split
 from .preprocess import Preprocessor
+from .shaded import ShadedClasses
 from .training import accuracy, warmup_cosine
 
 
@@ -44,6 +46,34 @@ class PretrainConfig:
     device: str = "cpu"  # "cuda" for a larger run where a GPU is lent
     glyph_classes: int = 1000  # procedural stroke-glyph classes (glyphs.py) trained beside the data's; 0: none
     glyphs_per_batch: int = 64  # glyph images added to each batch of the data's images
+    shaded_classes: int = 0  # procedural shaded-blob classes (shaded.py) trained beside; 0: none
+    shaded_per_batch: int = 32
+
+
+@dataclass(frozen=True)
+class FormulaStream:
+    """Generated classes trained beside the data's: their labels start at `first_label`."""
+
+    name: str
+    classes: GlyphClasses | ShadedClasses
+    per_batch: int
+    first_label: int
+
+    def append_to(self, images: Tensor, labels: Tensor, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The batch with `count` fresh generated images appended."""
+        drawn = torch.randint(0, self.classes.num_classes, (count,), generator=generator)
+        rendered = self.classes.render(drawn, generator).expand(-1, images.shape[1], -1, -1)
+        return torch.cat([images, rendered]), torch.cat([labels, drawn + self.first_label])
+
+
+def formula_streams(cfg: PretrainConfig, data_classes: int, size: int) -> list[FormulaStream]:
+    streams, first = [], data_classes
+    for name, family, classes, per_batch in (("glyph", GlyphClasses, cfg.glyph_classes, cfg.glyphs_per_batch),
+                                             ("shaded", ShadedClasses, cfg.shaded_classes, cfg.shaded_per_batch)):
+        if classes:
+            streams.append(FormulaStream(name, family(classes, seed=cfg.seed, size=size), per_batch, first))
+            first += classes
+    return streams
 
 
 @dataclass(frozen=True)
@@ -66,16 +96,17 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
     """Trains `spec`'s ViT with a classifier on `data`; returns the backbone (no head) and the result."""
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    model.reset_classifier(len(data.class_names) + cfg.glyph_classes)
-    glyphs = GlyphClasses(cfg.glyph_classes, seed=cfg.seed, size=data.images.shape[-1]) if cfg.glyph_classes else None
+    streams = formula_streams(cfg, len(data.class_names), data.images.shape[-1])
+    model.reset_classifier(len(data.class_names) + sum(stream.classes.num_classes for stream in streams))
     prep = Preprocessor(describe(model, spec))
     model.to(cfg.device)
     train, val = train_test_split(data, len(data) - cfg.val_size, cfg.val_size, seed=cfg.seed)
     val_x, val_y = prep(val.images).to(cfg.device), val.labels.to(cfg.device)
-    if glyphs is not None:  # a fixed set of glyph images no batch draws
-        glyph_val = _with_glyphs(val.images[:0], val.labels[:0], glyphs, cfg.val_size, len(data.class_names),
-                                 torch.Generator().manual_seed(cfg.seed + 1))
-        glyph_val = (prep(glyph_val[0]).to(cfg.device), glyph_val[1].to(cfg.device))
+    held_out = {}  # a fixed set of generated images per stream, which no batch draws
+    for stream in streams:
+        images, labels = stream.append_to(val.images[:0], val.labels[:0], cfg.val_size,
+                                          torch.Generator().manual_seed(cfg.seed + 1))
+        held_out[stream.name] = (prep(images).to(cfg.device), labels.to(cfg.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -89,9 +120,8 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
         for start in range(0, len(train), cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
             images, labels = augment(train.images[rows], cfg.max_shift, generator), train.labels[rows]
-            if glyphs is not None:
-                images, labels = _with_glyphs(images, labels, glyphs, cfg.glyphs_per_batch, len(data.class_names),
-                                              generator)
+            for stream in streams:
+                images, labels = stream.append_to(images, labels, stream.per_batch, generator)
             x = prep(images).to(cfg.device)
             loss = F.cross_entropy(model(x), labels.to(cfg.device), label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -101,22 +131,14 @@ def pretrain(spec: BackboneSpec, data: ImageDataset, cfg: PretrainConfig,
             total += float(loss.detach()) * len(rows)
         with torch.inference_mode():
             val_acc = accuracy(model, val_x, val_y)
-            glyph_acc = None if glyphs is None else accuracy(model, *glyph_val)
-        history.append({"epoch": epoch + 1, "loss": total / len(train), "val_accuracy": val_acc,
-                        "glyph_val_accuracy": glyph_acc, "seconds": time.perf_counter() - began})
+            generated = {f"{name}_val_accuracy": accuracy(model, *images) for name, images in held_out.items()}
+        history.append({"epoch": epoch + 1, "loss": total / len(train), "val_accuracy": val_acc, **generated,
+                        "seconds": time.perf_counter() - began})
         if on_epoch is not None:
             on_epoch(history[-1])
     backbone = copy.deepcopy(model).to("cpu")
     backbone.reset_classifier(0)
     return backbone.eval(), PretrainResult(history[-1]["val_accuracy"], time.perf_counter() - began, history)
-
-
-def _with_glyphs(images: Tensor, labels: Tensor, glyphs: GlyphClasses, count: int, first_label: int,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The batch with `count` fresh glyph images appended, their classes numbered after the data's."""
-    drawn = torch.randint(0, glyphs.num_classes, (count,), generator=generator)
-    rendered = glyphs.render(drawn, generator).expand(-1, images.shape[1], -1, -1)
-    return torch.cat([images, rendered]), torch.cat([labels, drawn + first_label])
 
 
 def save_embedded(backbone: torch.nn.Module, path: Path, spec: BackboneSpec, cfg: PretrainConfig,
@@ -127,6 +149,8 @@ def save_embedded(backbone: torch.nn.Module, path: Path, spec: BackboneSpec, cfg
     data = "animal-mnist 0.4 (PyPI), 10 animal classes"
     if cfg.glyph_classes:
         data += f"; {cfg.glyph_classes} procedural stroke-glyph classes, {cfg.glyphs_per_batch} glyphs per batch"
+    if cfg.shaded_classes:
+        data += f"; {cfg.shaded_classes} procedural shaded-blob classes, {cfg.shaded_per_batch} per batch"
     meta = {"model": spec.name, "kwargs": repr(spec.kwargs), "data": data,
             "config": repr(asdict(cfg)), "val_accuracy": f"{result.val_accuracy:.4f}"}
     save_file(state, str(path), metadata=meta)

@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from mosaserve.adapters import animal_mnist
 from mosaserve.adapters.backbone import BackboneSpec, load_backbone
@@ -108,3 +109,31 @@ def test_pretraining_with_glyphs_learns_both_and_keeps_the_backbone_shape(tmp_pa
     path = save_embedded(backbone, tmp_path / "bb.safetensors", TINY_VIT, cfg, result)
     model, _ = load_backbone(BackboneSpec(TINY_VIT.name, TINY_VIT.kwargs, str(path)))
     assert model.num_classes == 0
+
+
+def test_shaded_classes_are_grey_images_that_resemble_their_own_class():
+    from mosaserve.adapters.shaded import ShadedClasses
+
+    shaded = ShadedClasses(8, seed=3, size=20)
+    assert torch.equal(shaded.centre, ShadedClasses(8, seed=3, size=20).centre)
+    assert not torch.equal(shaded.centre, ShadedClasses(8, seed=4, size=20).centre)
+    labels = torch.arange(8).repeat(20)
+    images = shaded.render(labels, torch.Generator().manual_seed(0))
+    assert images.shape == (160, 1, 20, 20) and images.dtype == torch.uint8
+    assert all(len(image.unique()) > 40 for image in images)  # shaded grey levels, not ink on a ground
+    flat = images.flatten(1).float()
+    flat = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True)  # brightness and contrast vary
+    means = torch.stack([flat[80:][labels[80:] == k].mean(0) for k in range(8)])
+    nearest = torch.cdist(flat[:80], means).argmin(1)
+    assert float((nearest == labels[:80]).float().mean()) >= 0.7
+
+
+def test_pretraining_with_glyphs_and_shaded_blobs_learns_all_three(tmp_path):
+    data = halves(192)
+    cfg = PretrainConfig(epochs=10, batch_size=32, lr=2e-3, val_size=64, max_shift=1, glyph_classes=2,
+                         glyphs_per_batch=32, shaded_classes=2, shaded_per_batch=32)
+    backbone, result = pretrain(TINY_VIT, data, cfg)
+    last = result.history[-1]
+    assert result.val_accuracy >= 0.9 and last["glyph_val_accuracy"] >= 0.7 and last["shaded_val_accuracy"] >= 0.7
+    path = save_embedded(backbone, tmp_path / "bb.safetensors", TINY_VIT, cfg, result)
+    assert "shaded-blob" in safe_open(str(path), "pt").metadata()["data"]
