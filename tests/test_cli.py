@@ -16,7 +16,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_train_writes_loadable_adapters_and_inspect_reads_them(tmp_path):
     out = tmp_path / "demo"
-    done = run_cli("train", "--epochs", "1", "--train-size", "64", "--test-size", "64", "--out", str(out), "--no-progress")
+    # At full priority: an idle-priority trainer would wait on whatever else holds the cores.
+    done = run_cli("train", "--epochs", "1", "--train-size", "64", "--test-size", "64", "--out", str(out), "--no-progress",
+                   "--full-priority")
     assert done.returncode == 0, done.stderr
     assert "adapter" in done.stdout and "mosa" in done.stdout and "test acc" in done.stdout
     files = sorted(p.name for p in out.iterdir())
