@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--glyph-classes", type=int, default=1000, help="procedural stroke-glyph classes trained beside "
                      "(0: silhouettes only)")
     pre.add_argument("--glyphs-per-batch", type=int, default=64, help="glyph images added to each step's batch")
-    pre.add_argument("--shaded-classes", type=int, default=1000, help="procedural shaded-blob classes trained beside "
+    pre.add_argument("--shaded-classes", type=int, default=0, help="procedural shaded-blob classes trained beside "
                      "(grey images with texture; 0: none)")
     pre.add_argument("--shaded-per-batch", type=int, default=32, help="shaded-blob images added to each step's batch")
     pre.add_argument("--seed", type=int, default=0)

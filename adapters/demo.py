@@ -1,7 +1,7 @@
 """The adapter demo: train a standard adapter and MoSA on a real built-in dataset, merge, save, reload.
 
-The backbone is the embedded default (a small ViT the project pretrained on animal silhouettes and
-generated formula images, never on digits); it is written next to the adapters so they can be served later.
+The backbone is the embedded default (a small ViT the project pretrained on animal silhouettes, not
+on digits); it is written next to the adapters so they can be served later.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .embedded import EMBEDDED_BACKBONE
 from .task_training import split_for_training, train_task
 from .training import TrainConfig
 
-DEMO_BACKBONE = EMBEDDED_BACKBONE  # pretrained by the project, never on digits (adapters/embedded.py)
+DEMO_BACKBONE = EMBEDDED_BACKBONE  # pretrained by the project on animal silhouettes (adapters/embedded.py)
 
 
 @dataclass(frozen=True)

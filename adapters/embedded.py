@@ -1,8 +1,7 @@
 """The embedded default backbone: a small ViT pretrained by the project itself, shipped in the package.
 
-Made by `mosaserve pretrain-backbone` (adapters/pretraining.py) on Animal-MNIST silhouettes with
-generated stroke glyphs and shaded blobs beside them; the downstream tasks (MNIST, scikit-learn
-digits, LFW faces) are not in its pretraining data. Any other
+Made by `mosaserve pretrain-backbone` (adapters/pretraining.py) on Animal-MNIST silhouettes;
+the downstream demo tasks (MNIST, scikit-learn digits) are not in its pretraining data. Any other
 timm ViT with a local checkpoint is used the same way, through `BackboneSpec(checkpoint=...)`.
 """
 

@@ -46,7 +46,7 @@ class PretrainConfig:
     device: str = "cpu"  # "cuda" for a larger run where a GPU is lent
     glyph_classes: int = 1000  # procedural stroke-glyph classes (glyphs.py) trained beside the data's; 0: none
     glyphs_per_batch: int = 64  # glyph images added to each batch of the data's images
-    shaded_classes: int = 1000  # procedural shaded-blob classes (shaded.py) trained beside; 0: none
+    shaded_classes: int = 0  # procedural shaded-blob classes (shaded.py) trained beside; 0: none
     shaded_per_batch: int = 32  # shaded-blob images added to each batch
 
 
