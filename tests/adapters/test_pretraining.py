@@ -70,8 +70,7 @@ def test_augment_shifts_and_flips_without_changing_shapes():
 def test_pretraining_learns_and_its_checkpoint_loads_as_a_backbone(tmp_path):
     """Two separable classes (bright top half vs bright bottom half; flips are horizontal): a tiny ViT learns them."""
     data = halves(320)
-    cfg = PretrainConfig(epochs=4, batch_size=32, lr=2e-3, val_size=64, max_shift=1, glyph_classes=0,
-                         shaded_classes=0)
+    cfg = PretrainConfig(epochs=4, batch_size=32, lr=2e-3, val_size=64, max_shift=1, glyph_classes=0)
     backbone, result = pretrain(TINY_VIT, data, cfg)
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
     assert result.val_accuracy >= 0.9
@@ -104,7 +103,7 @@ def test_glyph_classes_are_the_same_for_a_seed_and_their_images_resemble_their_o
 def test_pretraining_with_glyphs_learns_both_and_keeps_the_backbone_shape(tmp_path):
     data = halves(192)
     cfg = PretrainConfig(epochs=10, batch_size=32, lr=2e-3, val_size=64, max_shift=1, glyph_classes=2,
-                         glyphs_per_batch=64, shaded_classes=0)
+                         glyphs_per_batch=64)
     backbone, result = pretrain(TINY_VIT, data, cfg)
     assert result.val_accuracy >= 0.9 and result.history[-1]["glyph_val_accuracy"] >= 0.7  # chance: 0.5
     path = save_embedded(backbone, tmp_path / "bb.safetensors", TINY_VIT, cfg, result)
