@@ -156,12 +156,24 @@ def _zipf_load(url: str, tasks: list[str], image: bytes, spec: ScaleSpec) -> dic
     mix = make_mix("zipf", tasks, spec.zipf_s)
     pick = lambda _, rng: mix.draw(rng, 1)[0]  # noqa: E731
     _load(url, pick, image, spec.concurrency, duration_s=spec.warmup_s)
-    before = _cache_counters(url)
+    before = _settled_cache_counters(url)
     load = _load(url, pick, image, spec.concurrency, duration_s=spec.duration_s)
-    after = _cache_counters(url)
+    after = _settled_cache_counters(url)
     lookups = after["lookups"] - before["lookups"]
     misses = after["misses"] - before["misses"]
     return {**load, "resident_hit_rate": round(1 - misses / lookups, 4) if lookups else None}
+
+
+def _settled_cache_counters(url: str, quiet_s: float = 3.0, reads: int = 10) -> dict:
+    """The counters once /metrics has caught up with a load that ended: a replica's figures reach /metrics
+    with its heartbeat, a second or two late, so read until two reads `quiet_s` apart agree."""
+    last = _cache_counters(url)
+    for _ in range(reads):
+        time.sleep(quiet_s)
+        previous, last = last, _cache_counters(url)
+        if previous == last:
+            break
+    return last
 
 
 def _cache_counters(url: str) -> dict:
