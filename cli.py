@@ -56,11 +56,17 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from .adapters.demo import format_rows, run_demo
+    from .adapters.errors import AdapterConfigError
     from .adapters.training import TrainConfig
 
     if not args.full_priority:
         torch.set_num_threads(background_torch_threads())
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    try:
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          max_rotation=args.max_rotation, max_scale=args.max_scale)
+    except AdapterConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     rows = run_demo(Path(args.out), tuple(args.methods.split(",")), args.dataset, args.train_size,
                     args.test_size, cfg, progress=not args.no_progress, head=args.head)
     print(format_rows(rows))
@@ -335,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head", help="what the head reads: the final tokens (tokens, the "
                        "default) or the final and the middle block's tokens (tokens_mid)")
     train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--max-rotation", type=float, default=0.0, help="rotate each training image by up to this "
+                       "many degrees (default 0; 10 helped at 100 images, RESULTS.md)")
+    train.add_argument("--max-scale", type=float, default=0.0, help="zoom each training image by 1 +- this "
+                       "(default 0; 0.1 helped at 100 images)")
     train.add_argument("--lr", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--train-size", type=int, default=1000)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .augment import random_shift
+from .augment import random_affine
 from .config import Method
 from .errors import AdapterConfigError
 from .model import AdaptedViT
@@ -39,6 +39,9 @@ class TrainConfig:
     seed: int = 3407
     label_smoothing: float = 0.0
     max_shift: int = 2  # random translation of each training image by up to this many pixels
+    # Random rotation (degrees) and zoom (1 +- max_scale); off by default (a loss at mnist 1,000, RESULTS.md).
+    max_rotation: float = 0.0
+    max_scale: float = 0.0
     # The default schedule's least number of steps: 10 epochs of 100 images at batch 64 are only 20.
     min_steps: int = 200
     optimizer: str = "expert-adamw"  # one of OPTIMIZERS
@@ -49,6 +52,8 @@ class TrainConfig:
         if self.lr <= 0 or min(self.weight_decay, self.warmup_epochs, self.max_shift, self.min_steps) < 0:
             raise AdapterConfigError("lr must be positive; weight_decay, warmup_epochs, max_shift and min_steps "
                                      "non-negative")
+        if not (0 <= self.max_rotation <= 180 and 0 <= self.max_scale < 1):
+            raise AdapterConfigError("max_rotation must lie in [0, 180] degrees and max_scale in [0, 1)")
         if self.optimizer not in OPTIMIZERS:
             raise AdapterConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -171,12 +176,12 @@ def _train_epoch(model: AdaptedViT, optimizer: torch.optim.Optimizer, images: Te
                  cfg: TrainConfig, result: TrainResult, lr_factor: Callable[[int], float], bar: tqdm,
                  shuffle: torch.Generator) -> float:
     """One pass over `order`; returns the epoch's mean loss. The learning rate is a function of the global step.
-    Shifts are drawn from the batch-order generator, which a checkpoint keeps."""
+    Warps are drawn from the batch-order generator, which a checkpoint keeps."""
     running = 0.0
     for first in range(0, len(labels), cfg.batch_size):
         batch = order[first : first + cfg.batch_size]
-        shifted = random_shift(images[batch], cfg.max_shift, shuffle)
-        loss = task_loss(model, shifted, labels[batch], cfg.label_smoothing)
+        warped = random_affine(images[batch], cfg.max_shift, cfg.max_rotation, cfg.max_scale, shuffle)
+        loss = task_loss(model, warped, labels[batch], cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         set_learning_rate(optimizer, cfg.lr * lr_factor(result.steps))

@@ -53,6 +53,7 @@ def test_train_register_reports_a_missing_token_and_an_unreachable_service(tmp_p
     (("--methods", "adapter,dora"), "unknown method(s) dora"),
     (("--methods", "adapter", "--task-id", "../etc"), "--task-id: invalid task id"),
     (("--methods", "adapter", "--head", "pixels"), "unknown head pixels: choose from tokens, tokens_mid, pooled"),
+    (("--methods", "adapter", "--max-scale", "1.5"), "max_rotation must lie in [0, 180] degrees and max_scale in [0, 1)"),
 ])
 def test_train_refuses_bad_arguments_before_training_anything(tmp_path, extra, message):
     refused = run_cli("train", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--out", str(tmp_path),

@@ -1,8 +1,8 @@
-"""Random shifts: each image moves as a whole, by at most the bound, the same for the same generator state."""
+"""Random shifts and warps: each image moves by at most the bound, the same for the same generator state."""
 
 import torch
 
-from mosaserve.adapters.augment import random_shift
+from mosaserve.adapters.augment import random_affine, random_shift
 
 
 def test_each_image_moves_whole_by_at_most_the_bound_and_edges_repeat_the_border():
@@ -32,3 +32,37 @@ def test_constant_mode_fills_the_uncovered_edge_with_zeros():
     shifted = random_shift(images, 1, torch.Generator().manual_seed(0), mode="constant")
     assert shifted.dtype == torch.uint8 and set(shifted.unique().tolist()) == {0, 200}
     assert (shifted[:, :, 1:5, 1:5] == 200).all()  # the interior is always covered by the image
+
+
+def _centroid(images):
+    h, w = images.shape[-2:]
+    mass = images.sum(dim=(1, 2, 3))
+    ys = (images.sum(dim=(1, 3)) * torch.arange(h)).sum(1) / mass
+    xs = (images.sum(dim=(1, 2)) * torch.arange(w)).sum(1) / mass
+    return torch.stack([ys, xs], 1)
+
+
+def test_a_warp_moves_a_centred_blob_by_at_most_the_shift_and_keeps_a_flat_image_flat():
+    grid = torch.arange(28) - 13.5
+    blob = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / 8).expand(64, 1, 28, 28)
+    warped = random_affine(blob, 2, 20.0, 0.1, torch.Generator().manual_seed(0))
+    moved = (_centroid(warped) - _centroid(blob)).abs()
+    assert moved.max() <= 2.05 and moved.std() > 0.3  # every image its own sub-pixel offset, within the bound
+    flat = torch.full((4, 3, 28, 28), -0.7)
+    assert torch.allclose(random_affine(flat, 2, 20.0, 0.1, torch.Generator()), flat)  # borders repeat, no black
+
+
+def test_a_warp_rotates_and_is_redrawn_exactly_from_the_same_generator_state():
+    images = torch.zeros(32, 1, 28, 28)
+    images[:, :, 13:15, 4:24] = 1.0  # a horizontal bar
+    a = random_affine(images, 0, 30.0, 0.0, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_affine(images, 0, 30.0, 0.0, torch.Generator().manual_seed(3)))
+    # A rotated bar leaves its middle rows: the more it turns, the more of its mass lies outside them.
+    outside = 1 - a[:, :, 12:16].sum(dim=(1, 2, 3)) / a.sum(dim=(1, 2, 3))
+    assert outside.max() > 0.3 and outside.min() < 0.1
+
+
+def test_without_rotation_or_scaling_a_warp_is_the_whole_pixel_shift():
+    images = torch.rand(8, 3, 12, 12)
+    assert torch.equal(random_affine(images, 2, 0.0, 0.0, torch.Generator().manual_seed(7)),
+                       random_shift(images, 2, torch.Generator().manual_seed(7)))

@@ -123,3 +123,6 @@ def test_the_default_schedule_gives_a_small_dataset_enough_steps_and_keeps_asked
     assert TrainConfig(epochs=3).epochs_for(100) == 3 and TrainConfig(min_steps=0).epochs_for(100) == 10
     with pytest.raises(AdapterConfigError):
         TrainConfig(max_shift=-1)
+    for bad in ({"max_rotation": -1.0}, {"max_rotation": 181.0}, {"max_scale": 1.0}, {"max_scale": -0.1}):
+        with pytest.raises(AdapterConfigError, match="max_rotation must lie"):
+            TrainConfig(**bad)
