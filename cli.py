@@ -337,14 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--token", help="admin token for --register (default: the MOSASERVE_ADMIN_TOKEN variable)")
     train.add_argument("--task-id", help="task id to register (default: the file name, e.g. mnist-mosa)")
     train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
-    train.add_argument("--epochs", type=int, help="default: 10, or more for a small dataset to take 200 steps")
+    train.add_argument("--epochs", type=int, help="default: 10, or more for a small dataset to take 400 steps")
     train.add_argument("--head", help="what the head reads: the final tokens (tokens, the "
                        "default) or the final and the middle block's tokens (tokens_mid)")
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--max-rotation", type=float, default=0.0, help="rotate each training image by up to this "
-                       "many degrees (default 0; 10 helped at 100 images, RESULTS.md)")
-    train.add_argument("--max-scale", type=float, default=0.0, help="zoom each training image by 1 +- this "
-                       "(default 0; 0.1 helped at 100 images)")
+    train.add_argument("--max-rotation", type=float, default=10.0, help="rotate each training image by up to this "
+                       "many degrees (0: no rotation)")
+    train.add_argument("--max-scale", type=float, default=0.1, help="zoom each training image by 1 +- this (0: no zoom)")
     train.add_argument("--lr", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--train-size", type=int, default=1000)
@@ -397,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--budgets", default="1000,100", help="training images per task")
     results.add_argument("--methods", default="linear,adapter,lora,mosa")
     results.add_argument("--seeds", default="0,1,2")
-    results.add_argument("--epochs", type=int, help="default: the training default (10, or 200 steps at least); "
+    results.add_argument("--epochs", type=int, help="default: the training default (10, or 400 steps at least); "
                          "the search tries multiples of it")
     search = results.add_mutually_exclusive_group()
     search.add_argument("--quick", action="store_true", help="a smoke run's search: two learning rates, the default "

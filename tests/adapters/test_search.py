@@ -80,7 +80,8 @@ def test_the_search_tries_every_lr_then_longer_schedules_at_the_best_and_keeps_t
     assert (outcome.lr, outcome.epoch_scale) == (best.lr, best.epoch_scale)
     assert all(c.curve[-1]["epoch"] == c.epochs and abs(c.curve[-1]["val_accuracy"] - c.val_accuracy) <= 0.1 for c in seen)
     # The chosen multiple applies to the whole budget's own default schedule.
-    assert outcome.config_for(TrainConfig(epochs=None, seed=2), 100).epochs == outcome.epoch_scale * 100
+    chosen = outcome.config_for(TrainConfig(epochs=None, seed=2), 100)
+    assert chosen.epochs == outcome.epoch_scale * TrainConfig().epochs_for(100)
 
 
 def test_results_with_a_search_train_every_seed_with_the_settings_chosen_on_validation(tmp_path):

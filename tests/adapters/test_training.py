@@ -118,8 +118,8 @@ def test_pixel_logistic_regression_is_the_baseline_a_skeptic_would_ask_for():
 
 def test_the_default_schedule_gives_a_small_dataset_enough_steps_and_keeps_asked_epochs():
     default = TrainConfig()
-    assert default.epochs_for(10_000) == 10 and default.epochs_for(1000) == 13  # 16 steps an epoch
-    assert default.epochs_for(100) == 100  # 2 steps an epoch: 200 steps
+    assert default.epochs_for(10_000) == 10 and default.epochs_for(1000) == 25  # 16 steps an epoch
+    assert default.epochs_for(100) == 200  # 2 steps an epoch: 400 steps
     assert TrainConfig(epochs=3).epochs_for(100) == 3 and TrainConfig(min_steps=0).epochs_for(100) == 10
     with pytest.raises(AdapterConfigError):
         TrainConfig(max_shift=-1)

@@ -126,9 +126,9 @@ def test_unresumable_jobs_fail_with_the_reason(backbone, shades, tmp_path):
 
 
 def test_a_job_without_epochs_runs_the_default_schedule_and_says_how_many_epochs(backbone, shades, tmp_path):
-    """16 images at batch 64 are one step an epoch: the default schedule takes 200 of them, not 10."""
+    """16 images at batch 64 are one step an epoch: the default schedule takes 400 of them, not 10."""
     request = replace(shades, epochs=None, method="adapter")
     records, job, ends = JobRecords(tmp_path / "jobs"), new_job(request), []
     run_job(job, request, records, *backbone, on_epoch_end=lambda s, loss: ends.append(loss))
-    assert job.epochs == 200 and job.epoch == 200 and len(ends) == 200
-    assert records.load_all()[0].status.epochs == 200
+    assert job.epochs == 400 and job.epoch == 400 and len(ends) == 400
+    assert records.load_all()[0].status.epochs == 400
