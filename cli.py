@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--max-rotation", type=float, default=10.0, help="rotate each training image by up to this "
                        "many degrees (0: no rotation)")
-    train.add_argument("--max-scale", type=float, default=0.1, help="zoom each training image by 1 +- this (0: no zoom)")
+    train.add_argument("--max-scale", type=float, default=0.1,
+                       help="zoom each training image by 1 +- this (0: no zoom)")
     train.add_argument("--lr", type=float, default=5e-3)
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--train-size", type=int, default=1000)
