@@ -9,6 +9,10 @@ import secrets
 import sys
 from pathlib import Path
 
+from .adapters.train_config import DEFAULT_EPOCHS, TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
+
 
 def _numbers(text: str, kind=float) -> tuple:
     """A comma-separated option, e.g. "1000,100"."""
@@ -57,7 +61,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from .adapters.demo import format_rows, run_demo
     from .adapters.errors import AdapterConfigError
-    from .adapters.training import TrainConfig
 
     if not args.full_priority:
         torch.set_num_threads(background_torch_threads())
@@ -337,16 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--token", help="admin token for --register (default: the MOSASERVE_ADMIN_TOKEN variable)")
     train.add_argument("--task-id", help="task id to register (default: the file name, e.g. mnist-mosa)")
     train.add_argument("--methods", default="adapter,mosa", help="comma-separated: mosa,adapter,lora,linear")
-    train.add_argument("--epochs", type=int, help="default: 10, or more for a small dataset to take 400 steps")
+    train.add_argument("--epochs", type=int, help=f"default: {DEFAULT_EPOCHS}, or more for a small dataset to take "
+                       f"{TRAIN_DEFAULTS.min_steps} steps")
     train.add_argument("--head", help="what the head reads: the final tokens (tokens, the "
                        "default) or the final and the middle block's tokens (tokens_mid)")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--max-rotation", type=float, default=10.0, help="rotate each training image by up to this "
-                       "many degrees (0: no rotation)")
-    train.add_argument("--max-scale", type=float, default=0.1,
+    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--max-rotation", type=float, default=TRAIN_DEFAULTS.max_rotation,
+                       help="rotate each training image by up to this many degrees (0: no rotation)")
+    train.add_argument("--max-scale", type=float, default=TRAIN_DEFAULTS.max_scale,
                        help="zoom each training image by 1 +- this (0: no zoom)")
-    train.add_argument("--lr", type=float, default=5e-3)
-    train.add_argument("--seed", type=int, default=3407)
+    train.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
+    train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     train.add_argument("--train-size", type=int, default=1000)
     train.add_argument("--test-size", type=int, default=1000)
     train.add_argument("--out", default="out/demo", help="folder for the backbone and adapter files")
@@ -397,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--budgets", default="1000,100", help="training images per task")
     results.add_argument("--methods", default="linear,adapter,lora,mosa")
     results.add_argument("--seeds", default="0,1,2")
-    results.add_argument("--epochs", type=int, help="default: the training default (10, or 400 steps at least); "
+    results.add_argument("--epochs", type=int, help=f"default: the training default ({DEFAULT_EPOCHS}, or "
+                         f"{TRAIN_DEFAULTS.min_steps} steps at least); "
                          "the search tries multiples of it")
     search = results.add_mutually_exclusive_group()
     search.add_argument("--quick", action="store_true", help="a smoke run's search: two learning rates, the default "

@@ -14,7 +14,7 @@ _EXPORTS = {
     "AdapterFile": "file_format", "AdapterHeader": "file_format", "load_adapter": "file_format",
     "save_adapter": "file_format",
     "build_adapted_model": "loading", "AdaptedViT": "model", "Preprocessor": "preprocess",
-    "TrainConfig": "training", "train_adapter": "training",
+    "TrainConfig": "train_config", "train_adapter": "training",
 }
 __all__ = sorted(_EXPORTS)
 

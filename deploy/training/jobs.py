@@ -17,6 +17,7 @@ from typing import Any
 
 from ...adapters.config import HEADS, METHODS
 from ...adapters.datasets import BUILTIN_DATASETS
+from ...adapters.train_config import TrainConfig
 from ...runtime.task_ids import validate_task_id
 
 MAX_TRAIN_REQUEST_BYTES = 64 * 1024  # a POST /v1/train body: a small JSON document
@@ -26,6 +27,7 @@ class TrainRequestError(ValueError):
     """A training request that cannot be run as sent."""
 
 
+TRAIN_DEFAULTS = TrainConfig()
 LIMITS = {"epochs": (1, 1000), "train_size": (2, 1_000_000), "test_size": (1, 1_000_000), "seed": (0, 2**31 - 1)}
 
 
@@ -38,8 +40,8 @@ class TrainRequest:
     epochs: int | None = None  # None: the default schedule (TrainConfig)
     train_size: int = 1000
     test_size: int = 200
-    lr: float = 5e-3
-    seed: int = 3407
+    lr: float = TRAIN_DEFAULTS.lr
+    seed: int = TRAIN_DEFAULTS.seed
 
 
 @dataclass
@@ -106,7 +108,7 @@ def parse_train_request(doc: Any, datasets_root: str | None) -> TrainRequest:
         value = doc[name]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise TrainRequestError(f"{name} must be an integer from {low} to {high}")
-    lr = doc.get("lr", 5e-3)
+    lr = doc.get("lr", TRAIN_DEFAULTS.lr)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
         raise TrainRequestError("lr must be a number in (0, 1]")
     return TrainRequest(**{**doc, "dataset": resolve_dataset(doc["dataset"], datasets_root), "lr": float(lr)})
