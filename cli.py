@@ -211,7 +211,7 @@ def _results(args: argparse.Namespace) -> int:
 
     from .adapters.embedded import EMBEDDED_BACKBONE
     from .adapters.quality import run_quality
-    from .adapters.quality_tables import format_curves, format_quality, format_search
+    from .adapters.quality_tables import format_against_pixels, format_curves, format_quality, format_search
     from .adapters.search import FULL_GRID, QUICK_GRID
 
     if problem := _head_problem(args.head):
@@ -222,7 +222,9 @@ def _results(args: argparse.Namespace) -> int:
     report = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
                          _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid,
                          head=args.head, splits=_numbers(args.splits, int))
-    for table in (format_search(report["search"]), format_quality(report["rows"]), format_curves(report["rows"])):
+    rows = report["rows"]
+    tables = (format_search(report["search"]), format_quality(rows), format_against_pixels(rows), format_curves(rows))
+    for table in tables:
         print(f"\n{table}")
     print(f"\nwritten: {args.out}")
     return 0

@@ -18,6 +18,7 @@ class PixelBaseline:
     test_accuracy: float
     params: int
     seconds: float
+    test_hits: tuple[bool, ...]  # whether each test image is classified right, in order
 
 
 def _pixels(data: ImageDataset):
@@ -29,5 +30,6 @@ def pixel_logistic_regression(train: ImageDataset, test: ImageDataset) -> PixelB
 
     began = time.perf_counter()
     model = LogisticRegression(C=1.0, max_iter=2000).fit(_pixels(train), train.labels.numpy())
-    accuracy = float((model.predict(_pixels(test)) == test.labels.numpy()).mean())
-    return PixelBaseline(accuracy, model.coef_.size + model.intercept_.size, time.perf_counter() - began)
+    right = model.predict(_pixels(test)) == test.labels.numpy()
+    return PixelBaseline(float(right.mean()), model.coef_.size + model.intercept_.size, time.perf_counter() - began,
+                         tuple(right.tolist()))

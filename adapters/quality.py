@@ -28,6 +28,7 @@ from .config import AdapterConfig, Method
 from .datasets import load_dataset
 from .image_dataset import ImageDataset
 from .embedded import EMBEDDED_BACKBONE
+from .paired import hits_string
 from .pixel_baseline import pixel_logistic_regression
 from .search import FULL_GRID, SearchCell, SearchGrid, search_settings
 from .task_training import TrainedTask, train_task
@@ -113,7 +114,8 @@ class MethodTrainer:
         return {"task": task, "train_images": len(train), "test_images": len(test), "method": self.method,
                 "r": self.rank, "seed": cfg.seed, "lr": cfg.lr, "epochs": epochs,
                 "test_accuracy": trained.test_accuracy, "trainable_params": trained.trainable_params,
-                "train_seconds": trained.train_seconds, "curve": list(trained.curve)}
+                "train_seconds": trained.train_seconds, "curve": list(trained.curve),
+                "test_hits": hits_string(trained.test_hits)}
 
 
 def _print_cell(task: str, size: int, method: str, cell: SearchCell) -> None:
@@ -131,4 +133,4 @@ def _pixel_row(task: str, train, test) -> dict:
     print(f"{task:>8} {len(train):>5} pixels: {baseline.test_accuracy:.2%}", flush=True)
     return {"task": task, "train_images": len(train), "test_images": len(test), "method": PIXELS, "r": None,
             "seed": None, "test_accuracy": baseline.test_accuracy, "trainable_params": baseline.params,
-            "train_seconds": baseline.seconds}
+            "train_seconds": baseline.seconds, "test_hits": hits_string(baseline.test_hits)}

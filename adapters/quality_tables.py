@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+from .paired import discordant, mcnemar_p
 from .quality import METHOD_ORDER, PIXELS
 
 
@@ -19,6 +20,26 @@ def format_quality(rows: list[dict]) -> str:
                      f"{statistics.mean(accs):.1f} ± {spread:.1f} (n={len(accs)}) | "
                      f"{statistics.mean(r['train_seconds'] for r in runs):.1f} |")
     return "\n".join(lines)
+
+
+def format_against_pixels(rows: list[dict]) -> str:
+    """Each method against the pixel baseline on the same test images: the images only one of them gets
+    right (mean over runs) and the exact McNemar p, the largest over runs (every run's difference is at
+    least that clear)."""
+    lines = ["| task | train images | method | right only here (mean) | right only with pixels (mean) "
+             "| McNemar p (largest over runs) |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    for task, size, method, runs in _groups([r for r in rows if r["method"] != PIXELS and r.get("test_hits")]):
+        counts = [discordant(run["test_hits"], _pixels_of(rows, run)["test_hits"]) for run in runs]
+        lines.append(f"| {task} | {size} | {method} | {statistics.mean(c[0] for c in counts):.1f} | "
+                     f"{statistics.mean(c[1] for c in counts):.1f} | {max(mcnemar_p(*c) for c in counts):.2g} |")
+    return "\n".join(lines)
+
+
+def _pixels_of(rows: list[dict], run: dict) -> dict:
+    """The pixel baseline's row on the run's own training and test images."""
+    return next(r for r in rows if r["method"] == PIXELS and
+                (r["task"], r["train_images"], r.get("split")) == (run["task"], run["train_images"], run.get("split")))
 
 
 def format_search(search: list[dict]) -> str:

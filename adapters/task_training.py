@@ -21,7 +21,7 @@ from .loading import build_adapted_model
 from .model import AdaptedViT
 from .preprocess import Preprocessor
 from .train_state import TrainState
-from .training import TrainConfig, accuracy, train_adapter
+from .training import TrainConfig, hits, train_adapter
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class TrainedTask:
     test_accuracy: float
     epoch_losses: tuple[float, ...]
     curve: tuple[dict[str, float], ...] = ()  # accuracy on the watched image sets during training
+    test_hits: tuple[bool, ...] = ()  # whether each held-out image is classified right, in order
 
 
 def fit_split(available: int, train_size: int, test_size: int) -> tuple[int, int]:
@@ -68,8 +69,9 @@ def train_task(backbone: nn.Module, info: BackboneInfo, train: ImageDataset, tes
     provenance = {"dataset": train.name, "train_images": len(train), "epochs": cfg.epochs_for(len(train)), "seed": cfg.seed}
     file_bytes = encode_adapter(AdapterHeader(config, info, train.class_names, provenance), model.export_tensors())
     served = build_adapted_model(copy.deepcopy(backbone), info, load_adapter(file_bytes, info.fingerprint))
-    return TrainedTask(file_bytes, trainable, result.seconds, accuracy(served, prep(test.images), test.labels),
-                       tuple(result.epoch_losses), tuple(curve.points))
+    right = hits(served, prep(test.images), test.labels)
+    return TrainedTask(file_bytes, trainable, result.seconds, float(right.float().mean()), tuple(result.epoch_losses),
+                       tuple(curve.points), tuple(right.tolist()))
 
 
 def _curve(model: AdaptedViT, prep: Preprocessor, images: Tensor, labels: Tensor, watch: dict[str, ImageDataset],

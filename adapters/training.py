@@ -156,5 +156,10 @@ def predict(model: torch.nn.Module, images: Tensor, batch_size: int = 256) -> Te
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def hits(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> Tensor:
+    """Whether each image's top class is its label."""
+    return predict(model, images, batch_size).argmax(dim=-1) == labels
+
+
 def accuracy(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    return float((predict(model, images, batch_size).argmax(dim=-1) == labels).float().mean())
+    return float(hits(model, images, labels, batch_size).float().mean())

@@ -60,7 +60,7 @@ def test_training_on_real_digits_learns(method):
 
 def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
     from mosaserve.adapters.quality import run_quality
-    from mosaserve.adapters.quality_tables import format_quality
+    from mosaserve.adapters.quality_tables import format_against_pixels, format_quality
 
     from ..conftest import TINY_VIT
 
@@ -81,6 +81,9 @@ def test_quality_table_runs_every_cell_on_a_fixed_test_set(tmp_path):
     # The curve's last point reads the model in training as the merged file serves it (a test image at most apart).
     assert all([p["epoch"] for p in r["curve"]] == [1] and abs(r["curve"][0]["test_accuracy"] - r["test_accuracy"]) <= 1 / 30
                for r in trained)
+    # Each run keeps which test image it got right: what the paired comparison with the pixels reads.
+    assert all(len(r["test_hits"]) == 30 and r["test_hits"].count("1") == round(r["test_accuracy"] * 30) for r in rows)
+    assert format_against_pixels(rows).count("| digits |") == 2 * 4
     table = format_quality(rows)
     assert "| digits | 40 | pixel logistic regression | - | - |" in table and "| digits | 40 | mosa | 8 | 0.005, 1 |" in table
     assert "| digits | 40 | lora | 4 |" in table and "(n=2)" in table
