@@ -9,9 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from .adapters.train_config import DEFAULT_EPOCHS, TrainConfig
-
-TRAIN_DEFAULTS = TrainConfig()
+from .adapters.train_config import DEFAULT_EPOCHS, TRAIN_DEFAULTS, TrainConfig
 
 
 def _numbers(text: str, kind=float) -> tuple:

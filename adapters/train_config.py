@@ -51,3 +51,6 @@ class TrainConfig:
         if self.epochs is not None:
             return self.epochs
         return max(DEFAULT_EPOCHS, math.ceil(self.min_steps / math.ceil(examples / self.batch_size)))
+
+
+TRAIN_DEFAULTS = TrainConfig()  # read by the command line and the training API for their own defaults

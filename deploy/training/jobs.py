@@ -17,7 +17,7 @@ from typing import Any
 
 from ...adapters.config import HEADS, METHODS
 from ...adapters.datasets import BUILTIN_DATASETS
-from ...adapters.train_config import TrainConfig
+from ...adapters.train_config import TRAIN_DEFAULTS
 from ...runtime.task_ids import validate_task_id
 
 MAX_TRAIN_REQUEST_BYTES = 64 * 1024  # a POST /v1/train body: a small JSON document
@@ -27,7 +27,6 @@ class TrainRequestError(ValueError):
     """A training request that cannot be run as sent."""
 
 
-TRAIN_DEFAULTS = TrainConfig()
 LIMITS = {"epochs": (1, 1000), "train_size": (2, 1_000_000), "test_size": (1, 1_000_000), "seed": (0, 2**31 - 1)}
 
 
