@@ -228,6 +228,28 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .adapters.depth_probe import format_probe, run_probe
+    from .adapters.embedded import EMBEDDED_BACKBONE
+
+    if args.repeats < 1:
+        print("probe: --repeats must be at least 1", file=sys.stderr)
+        return 2
+    spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
+    out = Path(args.out or f"out/results/probe-{args.task.replace(':', '-').replace('/', '-')}.json")
+    on_row = lambda row: print(f"{row.features}: {row.mean:.2%} ± {row.sd:.2%}", flush=True)  # noqa: E731
+    try:
+        report = run_probe(args.task, args.train_size, spec, args.repeats, args.depths, args.split, args.test_size,
+                           out, on_row)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return 2
+    print(f"\n{format_probe(report)}\n\nwritten: {out}")
+    return 0
+
+
 def _loadtest_run(args: argparse.Namespace) -> int:
     from .loadtests.command import run_command
 
@@ -416,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--backbone", help="weights of the embedded layout to measure instead, e.g. a "
                                             "pretrain-backbone --out file (default: the embedded backbone)")
     results.set_defaults(func=_results)
+    probe = sub.add_parser("probe", help="what the frozen tokens of each depth carry for a task, against its pixels "
+                           "(repeated cross-validation inside the training images)")
+    probe.add_argument("--task", default="faces", help="a built-in task, folder:PATH or list:PATH")
+    probe.add_argument("--train-size", type=int, default=100, help="the first images of the split, as in results")
+    probe.add_argument("--repeats", type=int, default=10, help="fresh draws of the 5 folds")
+    probe.add_argument("--depths", help="depth sets to read, e.g. 2,6,2+6 (0: the patch embedding; default: each "
+                       "depth alone)")
+    probe.add_argument("--split", type=int, default=0)
+    probe.add_argument("--test-size", type=int, default=500, help="held out as in results, never read here")
+    probe.add_argument("--backbone", help="weights of the embedded layout to probe instead")
+    probe.add_argument("--out", help="default: out/results/probe-<task>.json")
+    probe.set_defaults(func=_probe)
     _add_loadtest(sub)
     register = sub.add_parser("register", help="register every <task_id>.safetensors file of a folder on a live "
                               "service, many per request")

@@ -58,15 +58,20 @@ def run_quality(tasks: tuple[str, ...], budgets: tuple[int, ...], methods: tuple
     for task in tasks:
         data = load_dataset(task, info.input_size[-1])
         for split in splits:
-            # One permutation per task and split: its last images are the test set of every run.
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(split))
-            held_out = min(test_size, len(data) // 2)
+            order, held_out = split_for_results(data, split, test_size)
             test = data.subset(order[-held_out:])
             for size in sorted({min(budget, len(data) - held_out) for budget in budgets}, reverse=True):
                 _run_budget(report, trainers, task, data.subset(order[:size]), test, split,
                             TrainConfig(epochs=epochs), seeds, grid)
                 _write(out, report)
     return report
+
+
+def split_for_results(data: ImageDataset, split: int, test_size: int) -> tuple[torch.Tensor, int]:
+    """One permutation per task and split: its last `held_out` images are the test set of every run,
+    its first ones the training images of every budget."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(split))
+    return order, min(test_size, len(data) // 2)
 
 
 def _run_budget(report: dict, trainers: list["MethodTrainer"], task: str, train: ImageDataset, test: ImageDataset,
