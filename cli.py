@@ -204,10 +204,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _results(args: argparse.Namespace) -> int:
+def _embedded_layout(checkpoint: str | None):
+    """The embedded backbone, or other weights of its layout (`--backbone FILE`)."""
     from dataclasses import replace
 
     from .adapters.embedded import EMBEDDED_BACKBONE
+
+    return EMBEDDED_BACKBONE if checkpoint is None else replace(EMBEDDED_BACKBONE, checkpoint=checkpoint)
+
+
+def _results(args: argparse.Namespace) -> int:
     from .adapters.quality import run_quality
     from .adapters.quality_tables import format_against_pixels, format_curves, format_quality, format_search
     from .adapters.search import FULL_GRID, QUICK_GRID
@@ -215,7 +221,7 @@ def _results(args: argparse.Namespace) -> int:
     if problem := _head_problem(args.head):
         print(problem, file=sys.stderr)
         return 2
-    spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
+    spec = _embedded_layout(args.backbone)
     grid = None if args.no_search else QUICK_GRID if args.quick else FULL_GRID
     report = run_quality(tuple(args.tasks.split(",")), _numbers(args.budgets, int), tuple(args.methods.split(",")),
                          _numbers(args.seeds, int), args.epochs, args.test_size, Path(args.out), spec, grid=grid,
@@ -229,15 +235,12 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .adapters.depth_probe import format_probe, run_probe
-    from .adapters.embedded import EMBEDDED_BACKBONE
 
     if args.repeats < 1:
         print("probe: --repeats must be at least 1", file=sys.stderr)
         return 2
-    spec = EMBEDDED_BACKBONE if args.backbone is None else replace(EMBEDDED_BACKBONE, checkpoint=args.backbone)
+    spec = _embedded_layout(args.backbone)
     out = Path(args.out or f"out/results/probe-{args.task.replace(':', '-').replace('/', '-')}.json")
     on_row = lambda row: print(f"{row.features}: {row.mean:.2%} ± {row.sd:.2%}", flush=True)  # noqa: E731
     try:

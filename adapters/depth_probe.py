@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from .backbone import BackboneSpec, load_backbone
 from .datasets import load_dataset
 from .image_dataset import ImageDataset
+from .pixel_baseline import PIXEL_C, pixel_features
 from .preprocess import Preprocessor
 from .quality import split_for_results
 
-TOKEN_C, PIXEL_C = 0.05, 1.0
+TOKEN_C = 0.05
 FOLDS = 5
 
 
@@ -89,7 +90,7 @@ def repeated_cv(features: np.ndarray, labels: np.ndarray, c: float, repeats: int
 def probe(train: ImageDataset, backbone, prep: Preprocessor, depth_sets: list[tuple[int, ...]], repeats: int,
           on_row=None) -> list[ProbeRow]:
     labels = train.labels.numpy()
-    pixels = (train.images.reshape(len(train), -1).float() / 255.0).numpy()
+    pixels = pixel_features(train)
     by_depth = tokens_by_depth(backbone, prep, train.images)
     jobs = [("raw pixels", pixels, PIXEL_C)] + [
         (" + ".join(_depth_name(d, len(by_depth) - 1) for d in chosen),
